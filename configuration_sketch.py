@@ -1,0 +1,97 @@
+"""Every default of the toolkit, in one place, as typed dataclasses.
+
+Override order: the defaults below, then absl flags on the command line. Each field
+becomes a flag of the same name (`-image_size 64` or `--image_size=64`); its `help`
+metadata is the flag's help. Modules read a config object, never a flag directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from absl import flags
+
+DATA_PATH = "./data/quickdraw"
+
+
+def field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its flag help (and allowed values, for enums)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterConfig:
+    """How strokes become pixels. Defaults reproduce Google's numpy_bitmap files."""
+
+    image_size: int = field(28, "Output image side in pixels (28, 64, 128, 224, 256, ...).")
+    line_width: float = field(16.0, "Line diameter in units of the 256-pixel frame.")
+    padding: float = field(16.0, "Border around the drawing in units of the 256-pixel frame.")
+    frame: int = field(256, "Side of the reference frame that line_width and padding refer to.")
+    time_channels: bool = field(
+        False, "Render 3 channels: strokes, stroke order and point time (Kaggle trick)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickDrawBuildConfig:
+    """`python -m data_prep.quickdraw build`: from Google's files to sharded TFRecords."""
+
+    source: str = field("", "Folder with the source files (one file per category).")
+    format: str = field(
+        "simplified", "Source format.", choices=("simplified", "raw", "bitmap", "sketchrnn")
+    )
+    categories: str = field(
+        "all", "N (first N, seeded choice), name,name,... , @file.txt (one per line) or 'all'."
+    )
+    train_per_class: int = field(1000, "Training drawings per class (at most).")
+    test_per_class: int = field(100, "Test drawings per class (at most).")
+    out: str = field(DATA_PATH, "Output folder for shards and dataset_info.json.")
+    shards: int = field(8, "Shards per split.")
+    workers: int = field(2, "Worker processes.")
+    seed: int = field(0, "Seed for the category choice and the train/test split.")
+    recognized_only: bool = field(False, "Keep only drawings the game recognized.")
+    strict: bool = field(False, "Stop at the first bad record instead of counting a skip.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """tf.data input pipeline defaults."""
+
+    batch_size: int = field(256, "Global batch size.")
+    shuffle_buffer: int = field(10000, "Examples in the shuffle buffer (training only).")
+    cycle_length: int = field(4, "Shards read in parallel by interleave.")
+
+
+_DEFINERS = {
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    bool: flags.DEFINE_bool,
+    str: flags.DEFINE_string,
+}
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define one absl flag per field of dataclass `cls` (skips names already defined)."""
+    for f in dataclasses.fields(cls):
+        if f.name in flag_values:
+            continue
+        help_text = f.metadata.get("help", f.name)
+        choices = f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(f.name, f.default, list(choices), help_text, flag_values=flag_values)
+        else:
+            _DEFINERS[_field_type(cls, f)](f.name, f.default, help_text, flag_values=flag_values)
+
+
+def from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS, **overrides: Any):
+    """An instance of `cls` whose fields take the parsed flag values."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(cls) if f.name in flag_values}
+    values.update(overrides)
+    return cls(**values)

@@ -1,0 +1,1 @@
+"""Data preparation: readers for Quick, Draw! and Sketchy, rasterizer, sharded TFRecords."""

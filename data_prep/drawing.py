@@ -1,0 +1,32 @@
+"""The one record type for a sketch, whatever file format it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Drawing:
+    """One drawing.
+
+    `strokes` is a list of float32 arrays of shape (points, 2) holding x, y, or
+    (points, 3) holding x, y, t (milliseconds, raw data only). Formats that ship
+    pixels instead of strokes (numpy_bitmap) leave `strokes` empty and set `image`
+    (H, W) uint8. `split` is set only by formats that carry their own split
+    (sketch-rnn: train, valid, test).
+    """
+
+    key_id: str
+    word: str
+    strokes: list[np.ndarray] = dataclasses.field(default_factory=list)
+    countrycode: str = ""
+    recognized: bool = True
+    timestamp: str = ""
+    image: np.ndarray | None = None
+    split: str | None = None
+
+    @property
+    def num_points(self) -> int:
+        return sum(len(s) for s in self.strokes)

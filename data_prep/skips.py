@@ -1,0 +1,55 @@
+"""Counted skips: every bad record is either an error (strict mode) or counted with its reason."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+class BadRecord(ValueError):
+    """A record that cannot be used; `reason` is a short stable key such as 'malformed_json'."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class StrictModeError(RuntimeError):
+    """Raised in strict mode at the first bad record, naming where it was."""
+
+
+@dataclasses.dataclass
+class SkipCounter:
+    """Counts skipped records by reason; in strict mode the first skip raises instead."""
+
+    strict: bool = False
+    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    examples: dict = dataclasses.field(default_factory=dict)
+
+    def skip(self, reason: str, where: str, detail: str = "") -> None:
+        """Record one skipped record. `where` names the file and line (or index)."""
+        message = f"{where}: {reason}" + (f" ({detail})" if detail else "")
+        if self.strict:
+            raise StrictModeError(message)
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, message)
+
+    def merge(self, other: "SkipCounter") -> None:
+        self.counts.update(other.counts)
+        for reason, message in other.examples.items():
+            self.examples.setdefault(reason, message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def summary(self) -> str:
+        """One line: 'skipped 3 records: empty_drawing=2, malformed_json=1'."""
+        if not self.counts:
+            return "skipped 0 records"
+        parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        return f"skipped {self.total} records: {parts}"

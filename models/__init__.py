@@ -1,0 +1,1 @@
+"""Model builders and their registry, losses and miners."""

@@ -1,0 +1,1 @@
+"""Retrieval metrics, nearest-neighbour indexes and retrieval plots."""

@@ -1,0 +1,1 @@
+"""Training: strategies, augmentation, callbacks, export."""
