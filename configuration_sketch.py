@@ -64,6 +64,36 @@ class PipelineConfig:
     cycle_length: int = field(4, "Shards read in parallel by interleave.")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (models.build_model) and its shared hyper-parameters."""
+
+    model: str = field("sknet", "Registered model name (models.model_names(): sknet, skresnet, sketch_a_net, ...).")
+    image_size: int = field(28, "Input image side in pixels (sknet/skresnet >= 16, sketch_a_net >= 81).")
+    channels: int = field(1, "Input channels (1 for plain strokes, 3 with time_channels).")
+    bn_momentum: float = field(
+        0.9, "Batch-norm moving-average momentum; Keras' 0.99 lags in short runs (test accuracy collapses)."
+    )
+    dropout: float = field(
+        -1.0, "Dropout rate of the fully connected layers; negative keeps each model's default "
+        "(0.5 for sketch_a_net as in the paper, none for sknet/skresnet)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation (training/augment.py); rates suit line drawings on a 0 background."""
+
+    aug_translate: float = field(0.1, "Largest shift, as a fraction of the image side (0 disables).")
+    aug_zoom: float = field(0.1, "Largest zoom in or out, as a fraction of the image side (0 disables).")
+    aug_rotation: float = field(10.0, "Largest rotation in degrees, either way (0 disables).")
+    aug_shear: float = field(0.1, "Largest shear factor along x and y, either way (0 disables).")
+    aug_flip: bool = field(True, "Random horizontal flips (a mirrored sketch keeps its class).")
+    aug_salt_pepper: float = field(0.01, "Fraction of pixels set to 0 or 1 at random (0 disables).")
+    aug_fill_value: float = field(0.0, "Value of pixels moved in from outside the image (the background).")
+    aug_seed: int = field(-1, "Seed of the random transforms; negative draws a fresh one each run.")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
