@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
+
+if TYPE_CHECKING:
+    from configuration_sketch import ModelConfig
 
 Builder = Callable[..., keras.Model]
 
@@ -55,6 +58,16 @@ def get_builder(name: str) -> Builder:
 def build_model(name: str, *, input_size: int, channels: int, num_classes: int, **kwargs: Any) -> keras.Model:
     """Build the model registered under `name` for square `input_size` images with `channels` channels."""
     return get_builder(name)(input_size=input_size, channels=channels, num_classes=num_classes, **kwargs)
+
+
+def build_from_config(config: ModelConfig, num_classes: int, **kwargs: Any) -> keras.Model:
+    """Build `config.model` from a ModelConfig; a negative `config.dropout` keeps the model's own default."""
+    if config.dropout >= 0:
+        kwargs.setdefault("dropout", config.dropout)
+    kwargs.setdefault("bn_momentum", config.bn_momentum)
+    return build_model(
+        config.model, input_size=config.image_size, channels=config.channels, num_classes=num_classes, **kwargs
+    )
 
 
 def check_dimensions(
