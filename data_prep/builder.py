@@ -123,7 +123,7 @@ def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str
         files = [f for f in files if os.path.getsize(f) > 0]
         records = tf.data.Dataset.from_tensor_slices(files).interleave(
             tf.data.TFRecordDataset, cycle_length=max(1, len(files)), block_length=1,
-            num_parallel_calls=None, deterministic=True)
+            num_parallel_calls=None)
         tmp = {i: out_dir / f".{names[i]}.tmp-{os.getpid()}" for i in missing}
         writers = {i: tf.io.TFRecordWriter(str(tmp[i])) for i in missing}
         for k, record in enumerate(records.as_numpy_iterator()):

@@ -95,7 +95,8 @@ def serialize_example(values: dict[str, Any], specs: dict[str, FeatureSpec]) -> 
         else:
             raise ValueError(f"Invalid storage {spec.storage!r} for feature {name!r}; "
                              "expected 'bytes', 'int64' or 'float'.")
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)  # sorted map keys: same bytes in any process
 
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> dict[str, Any]:
