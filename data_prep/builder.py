@@ -121,7 +121,7 @@ def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str
     if missing:
         files = [str(_unit_staging_paths(staging, [split], i)[split]) for i in range(num_units)]
         files = [f for f in files if os.path.getsize(f) > 0]
-        records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        records = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
             tf.data.TFRecordDataset, cycle_length=max(1, len(files)), block_length=1,
             num_parallel_calls=None)
         tmp = {i: out_dir / f".{names[i]}.tmp-{os.getpid()}" for i in missing}
@@ -143,11 +143,14 @@ def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str
 
 def run_build(out_dir: str | os.PathLike, *, units: list[dict], unit_fn: UnitFn, splits: list[str],
               num_shards: int, workers: int, build_args: dict[str, Any], info: dict[str, Any],
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True,
+              summarize: Callable[[list[dict]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build (or resume building) a sharded data set; returns the dataset_info dict written.
 
     `info` carries what the caller knows (name, classes, features, renderer settings); this
     function adds splits, per-class counts, sources, skips and the build record.
+    `summarize(unit_results)`, when given, returns extra dataset_info keys computed from the
+    units' own result keys (per-domain counts, for instance).
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +209,8 @@ def run_build(out_dir: str | os.PathLike, *, units: list[dict], unit_fn: UnitFn,
                   "seconds": round(time.time() - started, 2),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     })
+    if summarize is not None:
+        info.update(summarize(results))
     if read != records_written + info["records"]["skipped"] + over_quota:
         raise BuildError(f"record accounting failed: read {read} != written {records_written} + skipped "
                          f"{info['records']['skipped']} + over quota {over_quota}")

@@ -56,7 +56,7 @@ def parse_batch(serialized: tf.Tensor, specs: dict[str, tfrecords.FeatureSpec],
         value = parsed[name]
         if isinstance(value, tf.SparseTensor):
             value = tf.RaggedTensor.from_sparse(value)
-        if spec.storage == "bytes" and spec.encoding in ("raw", "png", "jpeg"):
+        if spec.storage == "bytes" and spec.encoding in tfrecords.IMAGE_ENCODINGS:
             value = decode_images(value, spec)
         out[name] = value
     return out

@@ -21,6 +21,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 INFO_FILE = "dataset_info.json"
 SHARD_SUFFIX = ".tfrecord"
+IMAGE_ENCODINGS = ("raw", "png", "jpeg", "png|jpeg")
 
 
 class DatasetInfoError(ValueError):
@@ -34,7 +35,8 @@ class FeatureSpec:
     storage: the tf.train.Feature list kind ('bytes', 'int64', 'float').
     dtype, shape: the decoded value (-1 marks a variable dimension).
     encoding: 'raw' (bytes of a C-order array of `dtype` and `shape`), 'png', 'jpeg',
-    'utf-8' (text) or 'none' (stored as numbers).
+    'png|jpeg' (PNG or JPEG chosen per record, e.g. JPEG photos beside PNG sketches; decoders
+    sniff the format), 'utf-8' (text) or 'none' (stored as numbers).
     """
 
     storage: str

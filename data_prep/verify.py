@@ -42,7 +42,7 @@ def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], num
 
     from data_prep.pipeline import decode_images
 
-    image_names = [n for n, s in specs.items() if s.storage == "bytes" and s.encoding in ("raw", "png", "jpeg")]
+    image_names = [n for n, s in specs.items() if s.storage == "bytes" and s.encoding in tfrecords.IMAGE_ENCODINGS]
     names = list(specs)
     labels: collections.Counter = collections.Counter()
     ids: list[str] = []
