@@ -75,7 +75,9 @@ def build_augmenter(config: AugmentConfig) -> keras.Sequential:
     if config.aug_rotation > 0:
         layers.append(keras.layers.RandomRotation(config.aug_rotation / 360.0, seed=next(seeds), name="rotate", **fill))
     if config.aug_shear > 0:
-        shear = config.aug_shear
+        # (0, s), not s: RandomShear flips the sign at random itself, so both span [-s, s], but a bare
+        # number is stored as (-s, s) in get_config, which its constructor rejects when reloading.
+        shear = (0.0, config.aug_shear)
         layers.append(keras.layers.RandomShear(shear, shear, seed=next(seeds), name="shear", **fill))
     if config.aug_zoom > 0:
         layers.append(keras.layers.RandomZoom(config.aug_zoom, seed=next(seeds), name="zoom", **fill))
