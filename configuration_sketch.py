@@ -32,6 +32,12 @@ class RasterConfig:
     time_channels: bool = field(
         False, "Render 3 channels: strokes, stroke order and point time (Kaggle trick)."
     )
+    normalize: str = field(
+        "auto",
+        "auto: align top-left and scale to 0..frame-1 only drawings not already so placed "
+        "(simplified data is drawn as given, raw data is fitted); always: fit every drawing; never: as given.",
+        choices=("auto", "always", "never"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
