@@ -472,6 +472,8 @@ def _mirrored_worker() -> None:
         case = {"eval": model.evaluate(x, y, batch_size=16, verbose=0)}
         case["eval_bad"] = model.evaluate(x, y_bad, batch_size=16, verbose=0)
         case["invalid_after_eval"] = int(loss.num_invalid_batches.numpy())
+        loss(y_bad[8:], model(x[8:]))  # an eager call outside strategy.run counts too
+        case["invalid_after_eager"] = int(loss.num_invalid_batches.numpy())
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
         case["kernel"] = model.weights[0].numpy().tolist()
         case["bias"] = model.weights[1].numpy().tolist()
@@ -517,6 +519,7 @@ def test_mirrored_strategy_mines_per_replica():
         # An invalid slice on replica 1: loss 0 there, one event counted, reported mean halves replica 0's.
         assert case["eval_bad"] == pytest.approx(per_slice[0] / 2, rel=1e-5), name
         assert case["invalid_after_eval"] == 1, name
+        assert case["invalid_after_eager"] == 2, name
         ref_kernel, ref_bias = _reference_step(name, x, kernel, y)
         np.testing.assert_allclose(case["kernel"], ref_kernel, rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(case["bias"], ref_bias, rtol=1e-5, atol=1e-6, err_msg=name)
