@@ -106,9 +106,15 @@ def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, spli
     return [json.loads(_unit_result_path(staging, i).read_text()) for i in range(len(units))]
 
 
-def _count_records(path: pathlib.Path) -> int:
-    tf = tfrecords._tf()
-    return int(tf.data.TFRecordDataset(str(path)).reduce(0, lambda n, _: n + 1))
+def _round_robin(files: list[str]):
+    """Records of `files` taken one from each file in turn (an exhausted file drops out)."""
+    readers = [tfrecords.read_records(f) for f in files]
+    while readers:
+        for reader in list(readers):
+            try:
+                yield next(reader)
+            except StopIteration:
+                readers.remove(reader)
 
 
 def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str, num_units: int,
@@ -121,12 +127,9 @@ def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str
     if missing:
         files = [str(_unit_staging_paths(staging, [split], i)[split]) for i in range(num_units)]
         files = [f for f in files if os.path.getsize(f) > 0]
-        records = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
-            tf.data.TFRecordDataset, cycle_length=max(1, len(files)), block_length=1,
-            num_parallel_calls=None)
         tmp = {i: out_dir / f".{names[i]}.tmp-{os.getpid()}" for i in missing}
         writers = {i: tf.io.TFRecordWriter(str(tmp[i])) for i in missing}
-        for k, record in enumerate(records.as_numpy_iterator()):
+        for k, record in enumerate(_round_robin(files)):
             writer = writers.get(k % num_shards)
             if writer is not None:
                 writer.write(record)
@@ -136,7 +139,7 @@ def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str
     shards = []
     for name in names:
         path = out_dir / name
-        shards.append({"file": name, "num_examples": _count_records(path),
+        shards.append({"file": name, "num_examples": tfrecords.count_records(path),
                        "num_bytes": path.stat().st_size, "sha256": tfrecords.sha256_file(path)})
     return shards
 
