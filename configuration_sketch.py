@@ -100,6 +100,40 @@ class AugmentConfig:
     aug_seed: int = field(-1, "Seed of the random transforms; negative draws a fresh one each run.")
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`python evaluate_similarity_lookup.py`: retrieval metrics, plots, gallery index and lookup."""
+
+    features: str = field("", "Feature file (.npz: features N x D, labels N, optional ids) of the queries.")
+    gallery: str = field("", "Gallery feature file; empty: leave-one-out over --features.")
+    metric: str = field("l2", "Distance: l2, cosine, or hamming (packed uint8 bit codes).",
+                        choices=("l2", "cosine", "hamming"))
+    k: str = field("1,10,100", "Cut-offs K for the @K metrics; for lookup, how many results (default 10).")
+    report: str = field("", "Write the JSON report here.")
+    plots: str = field("", "Write t-SNE, PCA, precision-recall and example-grid PNGs into this folder.")
+    memory_budget: str = field(
+        "3GiB", "Bound on the arrays held at once, inputs included (sets the query block size): "
+        "N = 100,000 x 1,024 fits in 3GiB.")
+    backend: str = field("auto", "numpy, tensorflow (GPU when present) or auto (tensorflow if an NVIDIA "
+                         "GPU is present).", choices=("auto", "numpy", "tensorflow"))
+    tsne_points: int = field(2000, "Items drawn (seeded) for the t-SNE and PCA scatters.")
+    examples: int = field(8, "Example queries in the plot grid.")
+    plot_seed: int = field(0, "Seed of the plot subsamples and example choice.")
+    model: str = field("", "Exported model folder (training/export.py) for index and lookup.")
+    index: str = field("", "Index folder; empty: <model>/index.")
+    query: str = field("", "lookup: a sketch .png, or a .ndjson whose first drawing is rasterized.")
+    grid: str = field("", "lookup: PNG grid of the query and its results; empty: <query stem>_lookup.png.")
+    images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
+    out: str = field("", "index: output folder; empty: <model>/index.")
+    approximate: str = field("none", "index: exact (none) or approximate ivf / hnsw search.",
+                             choices=("none", "ivf", "hnsw"))
+    ivf_nlist: int = field(0, "index: IVF lists; 0 picks about 4 sqrt(N).")
+    ivf_nprobe: int = field(8, "index: IVF lists probed per query.")
+    hnsw_m: int = field(32, "index: HNSW links per node.")
+    hnsw_ef_search: int = field(64, "index: HNSW search breadth.")
+    thumbnail_size: int = field(64, "index: side of the thumbnails stored for result grids (0: none).")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,

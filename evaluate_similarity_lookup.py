@@ -1,0 +1,216 @@
+"""Retrieval metrics of feature files, a faiss gallery index, and similarity lookup.
+
+    python evaluate_similarity_lookup.py --features F.npz [--gallery G.npz] [--metric l2|cosine|hamming]
+        [--k 1,10,100] [--report out.json] [--plots DIR] [--memory_budget 3GiB]
+    python evaluate_similarity_lookup.py index --model EXPORTED (--features G.npz | --images DIR)
+        [--out INDEX] [--approximate none|ivf|hnsw]
+    python evaluate_similarity_lookup.py lookup --model EXPORTED [--index INDEX] --query sketch.png|drawing.ndjson
+        [--k 10] [--grid out.png]
+    python evaluate_similarity_lookup.py features --model EXPORTED --images DIR --out F.npz
+
+Flags are the fields of configuration_sketch.EvalConfig (defaults there, then the command line).
+Metric definitions: retrieval/metrics.py and the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+import configuration_sketch as cs  # noqa: E402
+
+COMMANDS = ("evaluate", "index", "lookup", "features")
+
+
+def format_table(report: dict) -> str:
+    """The report as a small text table."""
+    ex = report["excluded_queries"]
+    lines = [
+        f"{report['mode'].replace('_', '-')} | metric {report['metric']} | {report['num_queries']} queries, "
+        f"{report['num_gallery']} gallery items, {report['dimensions']} dimensions | "
+        f"{report['timing']['seconds']:.3f} s ({report['timing']['blocks']} blocks of "
+        f"{report['timing']['block_rows']})",
+        f"evaluated {report['num_evaluated']}; excluded {ex['count']} ({ex['reason']})"
+        + (f": {ex['indices'][:10]}{' ...' if ex['count'] > 10 else ''}" if ex["count"] else ""),
+    ]
+    for note in report["skipped_k"]:
+        lines.append(f"K={note['k']} skipped: {note['reason']}")
+
+    def fmt(v):
+        return "   n/a" if v is None else f"{v:.4f}"
+
+    lines.append(f"{'mAP (all relevant)':<22}{fmt(report['map'])}")
+    lines.append(f"{'R-precision':<22}{fmt(report['r_precision'])}")
+    lines.append(f"{'MAP@R':<22}{fmt(report['map@r'])}")
+    ks = report["k"]
+    if ks:
+        lines.append(" " * 22 + "".join(f"{'@' + str(k):>9}" for k in ks))
+        rows = [("mAP@K", "map"), ("precision@K", "precision"), ("recall@K", "recall"), ("hit@K", "hit"),
+                ("kNN accuracy@K", "knn_accuracy")]
+        if "instance_queries" in report:
+            rows.append(("instance acc@K", "instance_accuracy"))
+        for title, key in rows:
+            lines.append(f"{title:<22}" + "".join(f"{fmt(report[f'{key}@{k}']):>9}" for k in ks))
+    if "instance_queries" in report:
+        lines.append(f"instance queries {report['instance_queries']} (without a gallery target: "
+                     f"{report['instance_excluded']})")
+    return "\n".join(lines)
+
+
+def run_evaluate(config: cs.EvalConfig) -> int:
+    from retrieval.features import load_features
+    from retrieval.metrics import evaluate
+
+    if not config.features:
+        raise ValueError("--features is required: a feature file (.npz with features and labels).")
+    binary = config.metric == "hamming"
+    queries = load_features(config.features, binary=binary)
+    gallery = load_features(config.gallery, binary=binary) if config.gallery else None
+    report = evaluate(queries.features, queries.labels,
+                      None if gallery is None else gallery.features, None if gallery is None else gallery.labels,
+                      query_ids=queries.ids, gallery_ids=None if gallery is None else gallery.ids,
+                      metric=config.metric, k=config.k, memory_budget=config.memory_budget,
+                      backend=config.backend)
+    print(format_table(report))
+    if config.report:
+        pathlib.Path(config.report).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(config.report).write_text(json.dumps(report, indent=2))
+        print(f"report: {config.report}")
+    if config.plots:
+        from retrieval.plots import write_report_plots
+
+        written = write_report_plots(report, queries, gallery, config.plots, metric=config.metric,
+                                     max_points=config.tsne_points, examples=config.examples,
+                                     seed=config.plot_seed)
+        print("plots: " + ", ".join(written))
+    return 0
+
+
+def _load_model(config: cs.EvalConfig):
+    from training.export import load_exported
+
+    if not config.model:
+        raise ValueError("--model is required: an exported model folder (training/export.py).")
+    return load_exported(config.model)
+
+
+def _index_metric(config: cs.EvalConfig, meta: dict) -> str:
+    if meta.get("kind") == "hash" and not flags.FLAGS["metric"].present:
+        return "hamming"
+    return config.metric
+
+
+def run_index(config: cs.EvalConfig) -> int:
+    from retrieval.features import load_features
+    from retrieval.index import build_index, default_index_dir
+    from retrieval.lookup import index_image_folder, thumbnail
+    from retrieval.ranking import pack_codes
+
+    model, meta = _load_model(config)
+    metric = _index_metric(config, meta)
+    out = config.out or default_index_dir(config.model)
+    args = dict(metric=metric, approximate=config.approximate, nlist=config.ivf_nlist, nprobe=config.ivf_nprobe,
+                hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model))
+    if config.images:
+        index = index_image_folder(model, meta, config.images, thumbnail_size=config.thumbnail_size, **args)
+    elif config.features:
+        fs = load_features(config.features, binary=metric == "hamming" and not meta.get("kind") == "hash")
+        feats = fs.features
+        if metric == "hamming" and feats.dtype != "uint8":
+            feats = pack_codes(feats)
+        width = feats.shape[1] * (8 if metric == "hamming" else 1)
+        expected = meta["embedding_dim"]
+        if (metric == "hamming" and width != -(-expected // 8) * 8) or (metric != "hamming" and width != expected):
+            raise ValueError(f"{config.features!r} holds {width}-dimensional features but the model at "
+                             f"{config.model!r} embeds to {expected}; they must come from that model.")
+        thumbs = None
+        if fs.images is not None and config.thumbnail_size > 0:
+            import numpy as np
+
+            thumbs = np.stack([thumbnail(im, config.thumbnail_size) for im in fs.images])
+        index = build_index(feats, fs.labels, ids=fs.ids, class_names=fs.class_names or meta.get("class_names"),
+                            thumbnails=thumbs, **args)
+    else:
+        raise ValueError("index needs --images DIR (a class-folder tree) or --features G.npz.")
+    index.save(out)
+    print(f"indexed {len(index)} items ({index.metric}, {index.approximate}, {index.dimensions} dimensions) "
+          f"into {out}")
+    return 0
+
+
+def run_lookup(config: cs.EvalConfig) -> int:
+    from retrieval.index import default_index_dir, load_index
+    from retrieval.lookup import embed_query, result_image, result_rows
+    from retrieval.plots import plot_result_grid
+    from retrieval.ranking import pack_codes
+
+    if not config.query:
+        raise ValueError("--query is required: a sketch image or an .ndjson drawing.")
+    model, meta = _load_model(config)
+    index = load_index(config.index or default_index_dir(config.model))
+    k = max(int(x) for x in config.k.split(",")) if flags.FLAGS["k"].present else 10
+    embedding, image = embed_query(model, meta, config.query)
+    if index.metric == "hamming":
+        embedding = pack_codes(embedding)
+    distances, indices = index.search(embedding, k)
+    rows = result_rows(index, distances[0], indices[0])
+    print(f"query {config.query}: {len(rows)} nearest of {len(index)} ({index.metric}, {index.approximate})")
+    print(f"{'rank':>4} {'distance':>10}  {'class':<24} id")
+    for r in rows:
+        print(f"{r['rank']:>4} {r['distance']:>10.4f}  {r['class']:<24} {r['id']}")
+    grid = config.grid or str(pathlib.Path(config.query).with_suffix("")) + "_lookup.png"
+    tiles = [{"image": result_image(index, r["index"]), "caption": f"{r['rank']}. {r['class']}\nd={r['distance']:.3g}",
+              "correct": None} for r in rows]
+    plot_result_grid([{"query": {"image": image, "caption": "query"}, "results": tiles}], grid,
+                     title=f"{pathlib.Path(config.query).name}: {len(rows)} nearest ({index.metric})")
+    print(f"grid: {grid}")
+    return 0
+
+
+def run_features(config: cs.EvalConfig) -> int:
+    from retrieval.features import save_features
+    from retrieval.lookup import embed_files, list_image_folder, thumbnail
+
+    model, _ = _load_model(config)
+    if not config.images or not config.out:
+        raise ValueError("features needs --images DIR (a class-folder tree) and --out F.npz.")
+    import numpy as np
+
+    paths, labels, classes = list_image_folder(config.images)
+    embeddings = embed_files(model, paths)
+    thumbs = (np.stack([thumbnail(p, config.thumbnail_size) for p in paths])
+              if config.thumbnail_size > 0 else None)
+    save_features(config.out, embeddings, labels, ids=[p.stem for p in paths], class_names=classes, images=thumbs)
+    print(f"wrote {len(paths)} embeddings ({embeddings.shape[1]} dimensions, {len(classes)} classes) to {config.out}")
+    return 0
+
+
+RUNNERS = {"evaluate": run_evaluate, "index": run_index, "lookup": run_lookup, "features": run_features}
+
+
+def main(argv: Sequence[str]) -> int:
+    """Dispatch on the optional positional command (default: evaluate)."""
+    args = list(argv[1:])
+    command = args.pop(0) if args else "evaluate"
+    if command not in RUNNERS or args:
+        print(f"evaluate_similarity_lookup: unknown command or extra arguments {list(argv[1:])}; "
+              f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    config = cs.from_flags(cs.EvalConfig, flags.FLAGS)
+    try:
+        return RUNNERS[command](config)
+    except (ValueError, OSError) as error:  # every input problem raises a ValueError subclass
+        print(f"evaluate_similarity_lookup {command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    cs.define_flags(cs.EvalConfig)
+    app.run(main)
