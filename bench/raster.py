@@ -4,7 +4,9 @@ All four draw the same real Quick, Draw! drawings (../shared/data/quickdraw/simp
 first DRAWINGS_PER_CATEGORY of each category) with Google's numpy_bitmap geometry at 28, 64
 and 128 px. Speed is drawings per CPU-second of this one process (per core; OpenCV held to one
 thread), the best of REPEATS passes, so other load on the machine costs less. Quality is the
-mean absolute pixel difference (0..255) against the cairo reference, the recipe itself.
+mean absolute pixel difference (0..255) against the cairo reference, the recipe itself (for the
+3-channel time rendering, of its channel 0). The Pillow baseline draws curve-joined lines and
+round end caps (ellipses) so that it draws the recipe's shapes.
 Writes bench/results/raster.json. Run: `python -m bench.raster`.
 """
 
@@ -81,6 +83,8 @@ def _one_by_one(fn: Callable) -> Callable:
 
 METHODS: dict[str, Callable[[list, int], np.ndarray]] = {
     "skia": lambda drawings, size: raster.rasterize_many(drawings, size, LINE_WIDTH, PADDING, FRAME),
+    "skia_time_channels": lambda drawings, size: raster.rasterize_many(
+        drawings, size, LINE_WIDTH, PADDING, FRAME, time_channels=True),
     "cairo": _one_by_one(lambda d, size: raster.rasterize_cairo(d, size, LINE_WIDTH, PADDING, FRAME)),
     "opencv": _one_by_one(opencv_baseline),
     "pillow": _one_by_one(pillow_baseline),
@@ -105,6 +109,8 @@ def run(drawings: list, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
         results = {name: measure(fn, drawings, size, repeats) for name, fn in METHODS.items()}
         reference = results["cairo"][1].astype(np.int16)
         for name, (speed, images) in results.items():
+            if images.ndim == 4:  # time channels: channel 0 is the plain image
+                images = images[..., 0]
             rows.append({
                 "size": size,
                 "method": name,

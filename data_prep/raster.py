@@ -197,23 +197,19 @@ def time_values(tau: np.ndarray) -> np.ndarray:
 def _draw_time(canvas: skia.Canvas, paint: skia.Paint, strokes: list[np.ndarray], tau: np.ndarray) -> None:
     """Channel 2: each segment drawn alone in grey from the mean tau of its two ends, in drawing order."""
     start = 0
+    draw_line, set_color = canvas.drawLine, paint.setColor
     for stroke in strokes:
         n = len(stroke)
-        pts = stroke.tolist()
         t = tau[start:start + n]
         start += n
         if n == 1:
-            values = time_values(t).tolist()
-            segments = [(pts[0], pts[0], values[0])]
+            ends, values = np.concatenate([stroke, stroke], axis=1), time_values(t)
         else:
-            values = time_values((t[:-1] + t[1:]) / 2).tolist()
-            segments = zip(pts[:-1], pts[1:], values)
-        for (xa, ya), (xb, yb), v in segments:
-            path = skia.Path()
-            path.moveTo(xa, ya)
-            path.lineTo(xb, yb)
-            paint.setColor(skia.Color(v, v, v))
-            canvas.drawPath(path, paint)
+            ends, values = np.concatenate([stroke[:-1], stroke[1:]], axis=1), time_values((t[:-1] + t[1:]) / 2)
+        colors = (0xFF000000 | values * 0x010101).tolist()
+        for (xa, ya, xb, yb), color in zip(ends.tolist(), colors):
+            set_color(color)
+            draw_line(xa, ya, xb, yb, paint)
 
 
 def _render_into(out: np.ndarray, strokes: Sequence, image_size: int, line_width: float, padding: float,

@@ -163,6 +163,10 @@ def test_single_point_stroke_draws_a_dot():
     assert _mad(image, cairo) < 1.0
     rows, cols = np.nonzero(image)
     assert rows.mean() == pytest.approx(31.5, abs=0.5) and cols.mean() == pytest.approx(31.5, abs=0.5)
+    three = raster.rasterize([np.array([[0.0, 0.0]])], 64, time_channels=True)
+    np.testing.assert_array_equal(three[..., 0], image)
+    np.testing.assert_array_equal(three[..., 1], image)  # first stroke: 255
+    np.testing.assert_array_equal(three[..., 2], image)  # tau 0: 255
     frame = _line(0.0) + _line(255.0)  # fixes the placement, so adding the dot moves nothing
     added = raster.rasterize(frame + [np.array([[128.0, 128.0]])], 64).astype(int) - raster.rasterize(frame, 64)
     assert added.min() == 0
