@@ -237,7 +237,8 @@ def test_training_steps_reduce_loss_on_real_drawings(name, kwargs, drawings):
     images, labels = real_batch(drawings, SMALL[name])
     assert images.shape == (32, SMALL[name], SMALL[name], 1) and 0.05 < images.mean() < 0.5
     model = models.build_model(name, input_size=SMALL[name], channels=1, num_classes=len(CATEGORIES), **kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # 3e-4: at 1e-3 the normalisation-free Sketch-a-Net diverges for some seeds.
+    model.compile(optimizer=keras.optimizers.Adam(3e-4), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     losses = [float(model.train_on_batch(images, labels)) for _ in range(12)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
