@@ -57,7 +57,10 @@ def check_strokes(strokes: Sequence) -> list[np.ndarray]:
                          "Expected at least one stroke of at least one point.")
     arrays = []
     for i, stroke in enumerate(strokes):
-        a = stroke if type(stroke) is np.ndarray else np.asarray(stroke, dtype=np.float64)
+        try:
+            a = stroke if type(stroke) is np.ndarray else np.asarray(stroke, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"Invalid stroke {i}: {e}. Expected an array of numbers (points, 2 or 3).") from e
         if a.ndim != 2 or a.shape[1] not in (2, 3) or a.shape[0] == 0:
             raise ValueError(f"Invalid stroke {i}: shape {a.shape}. Expected (points >= 1, 2) for x, y "
                              "or (points >= 1, 3) for x, y, t.")
@@ -115,7 +118,7 @@ def layout(strokes: Sequence, frame: int = 256, normalize: str = "auto") -> Layo
 
 
 def device_transform(offset: tuple[float, float], image_size: int, line_width: float, padding: float,
-                   frame: int) -> tuple[float, float, float]:
+                     frame: int) -> tuple[float, float, float]:
     """(scale, tx, ty): device = scale * point + t, the recipe's scale, translate and centring."""
     total_padding = 2.0 * padding + line_width
     scale = image_size / (frame + total_padding)
@@ -267,9 +270,12 @@ def rasterize_many(drawings: Sequence[Sequence], image_size: int = 28, line_widt
     return out
 
 
+RASTER_OPTIONS = ("image_size", "line_width", "padding", "frame", "time_channels", "normalize")
+
+
 def rasterize_with(strokes: Sequence, config: RasterConfig) -> np.ndarray:
     """`rasterize` with the settings of a RasterConfig."""
-    return rasterize(strokes, **dataclasses.asdict(config))
+    return rasterize(strokes, **{name: getattr(config, name) for name in RASTER_OPTIONS})
 
 
 def rasterize_cairo(strokes: Sequence, image_size: int = 28, line_width: float = 16.0, padding: float = 16.0,

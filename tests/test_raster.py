@@ -98,6 +98,13 @@ def test_rasterize_many_equals_rasterize(simplified):
         np.testing.assert_array_equal(image, raster.rasterize(strokes, 64))
 
 
+def test_accepts_lists_and_integers(simplified):
+    strokes = simplified[5]
+    expected = raster.rasterize(strokes, 28)
+    np.testing.assert_array_equal(raster.rasterize([s.tolist() for s in strokes], 28), expected)
+    np.testing.assert_array_equal(raster.rasterize([s.astype(np.int32) for s in strokes], 28), expected)
+
+
 def test_rasterize_with_config(simplified):
     config = RasterConfig(image_size=64, line_width=8.0, time_channels=True)
     image = raster.rasterize_with(simplified[1], config)
@@ -190,7 +197,9 @@ def test_non_finite_coordinates_raise(bad):
     ([np.zeros((3, 4))], "stroke 0: shape"),
     ([np.zeros(5)], "stroke 0: shape"),
     ([np.zeros((2, 2)), np.zeros((2, 3))], "mixed column counts"),
-    ([np.array([["a", "b"]])], "dtype"),
+    ([np.array([["a", "b"]])], "stroke 0: dtype"),
+    ([[[1.0, 2.0]], [["a", "b"]]], "stroke 1: could not convert"),
+    ([[[1.0, 2.0], [3.0]]], "stroke 0: .*inhomogeneous"),
 ])
 def test_invalid_strokes_raise(strokes, message):
     with pytest.raises(ValueError, match=message):
