@@ -134,6 +134,63 @@ class EvalConfig:
     thumbnail_size: int = field(64, "index: side of the thumbnails stored for result grids (0: none).")
 
 
+@dataclasses.dataclass(frozen=True)
+class SketchyBuildConfig:
+    """`python -m data_prep.sketchy build`: the Sketchy photo and sketch trees to paired TFRecords."""
+
+    source: str = field("", "Folder holding photo/ and sketch/ (with or without the tx_* level).")
+    out: str = field("./data/sketchy", "Output folder for shards and dataset_info.json.")
+    image_size: int = field(64, "Output image side in pixels (the source is 256, or 128 in the sample).")
+    test_fraction: float = field(0.2, "Fraction of each seen category's photos (with all their sketches) held out for test.")
+    unseen_classes: str = field(
+        "", "Categories held out of training for zero-shot retrieval (split test_unseen): N (seeded "
+        "choice), name,name,... or @file.txt; empty = none. The common protocol holds out 25 of 125.")
+    photo_variant: str = field("tx_000000000000", "Augmentation folder of the photo tree, when it has one.")
+    sketch_variant: str = field("tx_000000000000", "Augmentation folder of the sketch tree, when it has one.")
+    encoding: str = field(
+        "auto", "Image storage: raw (fastest to read), encoded (JPEG photos, PNG sketches: smallest) or "
+        "auto (raw up to 128 px, encoded above; see BENCHMARKS.md).", choices=("auto", "raw", "encoded"))
+    jpeg_quality: int = field(95, "JPEG quality of re-encoded photos (encoded storage).")
+    shards: int = field(8, "Shards per split.")
+    workers: int = field(2, "Worker processes.")
+    seed: int = field(0, "Seed of the train/test split and of the unseen-class choice.")
+    strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderBuildConfig:
+    """`python -m data_prep.image_folder build`: a <root>/<category>/<image> tree to TFRecords."""
+
+    source: str = field("", "Root folder with one sub-folder of images per category (TU-Berlin png/, ...).")
+    out: str = field("./data/image_folder", "Output folder for shards and dataset_info.json.")
+    image_size: int = field(64, "Output image side in pixels; non-square images are scaled to a square.")
+    test_fraction: float = field(0.2, "Fraction of each category's images held out for test.")
+    domain: str = field("sketch", "What the images are (the records' domain).", choices=("sketch", "photo"))
+    grayscale: bool = field(False, "Store one channel instead of three.")
+    encoding: str = field(
+        "auto", "Image storage: raw, encoded (PNG sketches, JPEG photos) or auto (raw up to 128 px).",
+        choices=("auto", "raw", "encoded"))
+    jpeg_quality: int = field(95, "JPEG quality of re-encoded photos (encoded storage).")
+    shards: int = field(8, "Shards per split.")
+    workers: int = field(2, "Worker processes.")
+    seed: int = field(0, "Seed of the train/test split.")
+    strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricPipelineConfig:
+    """Metric-learning input pipelines (data_prep/metric_pipelines.py): P x K batches and pairs."""
+
+    classes_per_batch: int = field(8, "P: distinct classes in each P x K batch.")
+    per_class: int = field(4, "K: examples of each class in a P x K batch.")
+    sketches_per_class: int = field(-1, "Of the K, how many are sketches (the rest photos); -1: any domain.")
+    open_batches: int = field(4, "P x K batches assembled at once; bounds memory, more wastes fewer records.")
+    pair_mode: str = field("cross_domain", "Pairs: sketch with photo, or two of one domain.",
+                           choices=("cross_domain", "same_domain"))
+    pair_classes: int = field(8, "Classes drawn together to make pairs (each gives one positive, one negative).")
+    shuffle_buffer: int = field(2000, "Records in the shuffle buffer of the training streams.")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
