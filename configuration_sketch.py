@@ -135,29 +135,60 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingConfig:
-    """Metric-learning models (siamese, triplet, deephash; models/embedding.py) and their losses.
+class SketchyBuildConfig:
+    """`python -m data_prep.sketchy build`: the Sketchy photo and sketch trees to paired TFRecords."""
 
-    P and K of the P x K batches are MetricPipelineConfig's classes_per_batch and per_class.
-    """
+    source: str = field("", "Folder holding photo/ and sketch/ (with or without the tx_* level).")
+    out: str = field("./data/sketchy", "Output folder for shards and dataset_info.json.")
+    image_size: int = field(64, "Output image side in pixels (the source is 256, or 128 in the sample).")
+    test_fraction: float = field(0.2, "Fraction of each seen category's photos (with all their sketches) held out for test.")
+    unseen_classes: str = field(
+        "", "Categories held out of training for zero-shot retrieval (split test_unseen): N (seeded "
+        "choice), name,name,... or @file.txt; empty = none. The common protocol holds out 25 of 125.")
+    photo_variant: str = field("tx_000000000000", "Augmentation folder of the photo tree, when it has one.")
+    sketch_variant: str = field("tx_000000000000", "Augmentation folder of the sketch tree, when it has one.")
+    encoding: str = field(
+        "auto", "Image storage: raw (fastest to read), encoded (JPEG photos, PNG sketches: smallest) or "
+        "auto (raw up to 128 px, encoded above; see BENCHMARKS.md).", choices=("auto", "raw", "encoded"))
+    jpeg_quality: int = field(95, "JPEG quality of re-encoded photos (encoded storage).")
+    shards: int = field(8, "Shards per split.")
+    workers: int = field(2, "Worker processes.")
+    seed: int = field(0, "Seed of the train/test split and of the unseen-class choice.")
+    strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
 
-    embedding_dim: int = field(128, "Embedding width of siamese and triplet (2..4096).")
-    backbone: str = field("sknet", "Convolutional trunk: sknet/skresnet (>= 16 px) or siamese_cnn, the "
-                          "Sketchy Siamese baseline net (>= 64 px; 100 in the original).",
-                          choices=("sknet", "skresnet", "siamese_cnn"))
-    l2_normalize: bool = field(True, "Scale siamese/triplet embeddings to unit L2 norm.")
-    shared_weights: bool = field(True, "siamese: one network for both images; False: a sketch branch and "
-                                 "a photo branch with their own weights (cross-domain).")
-    loss: str = field("auto", "auto: siamese contrastive on pairs, triplet/deephash triplet loss; triplet "
-                      "also takes the in-batch contrastive loss.", choices=("auto", "triplet", "contrastive"))
-    miner: str = field("auto", "Triplet miner (auto = batch_hard, batch_all, semi_hard) or in-batch "
-                       "contrastive pair miner (auto/none = all pairs, hard_negative).",
-                       choices=("auto", "batch_hard", "batch_all", "semi_hard", "hard_negative", "none"))
-    margin: float = field(-1.0, "Loss margin (> 0); -1 takes the loss's own: triplet 0.2, contrastive 1.0, deephash 0.5.")
-    bits: int = field(64, "deephash code length in bits (16, 32, 64, 128).")
-    quantization_weight: float = field(0.1, "deephash: weight lambda of the quantization loss ||sign(u) - u||^2.")
-    margin_ramp_steps: int = field(0, "deephash: grow the margin linearly from margin_start over this many steps (0: no ramp).")
-    margin_start: float = field(0.0, "deephash: margin at step 0 when margin_ramp_steps > 0 (0 <= margin_start <= margin).")
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderBuildConfig:
+    """`python -m data_prep.image_folder build`: a <root>/<category>/<image> tree to TFRecords."""
+
+    source: str = field("", "Root folder with one sub-folder of images per category (TU-Berlin png/, ...).")
+    out: str = field("./data/image_folder", "Output folder for shards and dataset_info.json.")
+    image_size: int = field(64, "Output image side in pixels; non-square images are scaled to a square.")
+    test_fraction: float = field(0.2, "Fraction of each category's images held out for test.")
+    domain: str = field("sketch", "What the images are (the records' domain).", choices=("sketch", "photo"))
+    grayscale: bool = field(False, "Store one channel instead of three.")
+    encoding: str = field(
+        "auto", "Image storage: raw, encoded (PNG sketches, JPEG photos) or auto (raw up to 128 px).",
+        choices=("auto", "raw", "encoded"))
+    jpeg_quality: int = field(95, "JPEG quality of re-encoded photos (encoded storage).")
+    shards: int = field(8, "Shards per split.")
+    workers: int = field(2, "Worker processes.")
+    seed: int = field(0, "Seed of the train/test split.")
+    strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricPipelineConfig:
+    """Metric-learning input pipelines (data_prep/metric_pipelines.py): P x K batches and pairs."""
+
+    classes_per_batch: int = field(8, "P: distinct classes in each P x K batch.")
+    per_class: int = field(4, "K: examples of each class in a P x K batch.")
+    sketches_per_class: int = field(-1, "Of the K, how many are sketches (the rest photos); -1: any domain.")
+    open_batches: int = field(4, "P x K batches assembled at once; bounds memory, more wastes fewer records.")
+    pair_mode: str = field("cross_domain", "Pairs: sketch with photo, or two of one domain.",
+                           choices=("cross_domain", "same_domain"))
+    pair_classes: int = field(8, "Classes drawn together to make pairs (each gives one positive, one negative).")
+    shuffle_buffer: int = field(2000, "Records in the shuffle buffer of the training streams.")
 
 
 _DEFINERS = {
