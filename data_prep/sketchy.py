@@ -304,8 +304,8 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
     build_args["variants"] = variants
     info = {
         "name": "sketchy",
-        "description": f"The Sketchy database: photos (colour) and the sketches drawn from them, "
-                       f"{config.image_size}x{config.image_size}x3, {'raw uint8' if encoding == 'raw' else 'JPEG/PNG'}.",
+        "description": f"The Sketchy database: photos (colour) and the sketches drawn from them, {config.image_size}"
+                       f"x{config.image_size}x3, {'raw uint8' if encoding == 'raw' else 'JPEG/PNG'}.",
         "classes": classes,
         "num_seen_classes": len(classes) - len(unseen),
         "unseen_classes": unseen,

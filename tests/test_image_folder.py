@@ -83,7 +83,8 @@ def test_images_are_the_resized_source(sketchy_dir, tmp_path):
 
     info = tfrecords.read_dataset_info(tmp_path / "out")
     specs = tfrecords.feature_specs(info)
-    record = next(iter(tf.data.TFRecordDataset([str(p) for p in tfrecords.shard_paths(tmp_path / "out", info, "train")])))
+    files = [str(p) for p in tfrecords.shard_paths(tmp_path / "out", info, "train")]
+    record = next(iter(tf.data.TFRecordDataset(files)))
     f = parse_batch(record[None], specs, ["image", "source"])
     data = (source / f["source"][0].numpy().decode()).read_bytes()
     pixels, mode, fmt = image_folder.load_image(data, 3)

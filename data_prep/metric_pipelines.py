@@ -1,0 +1,348 @@
+"""tf.data input pipelines for metric learning, streamed from the sharded TFRecords.
+
+- `pk_batches`: class-balanced P x K batches (P distinct classes, K records each) for online
+  triplet mining; for Sketchy, K can be split between sketches and photos.
+- `pair_batches`: balanced same-class / different-class pairs for a contrastive (Siamese)
+  loss, sketch with photo (cross-domain) or within one domain.
+- `query_gallery`: the retrieval evaluation sets of a split: sketches as queries, photos as
+  the gallery, in a fixed order.
+
+P x K without loading the data set and without shards sorted by class: one shuffled,
+repeated stream of serialized records over every shard of the split; a cheap parse of the
+label (and domain) of each record; `group_by_window` keyed by class (or class and domain)
+gathers K records of a key into a window; a `scan` whose state is a few small integer
+tensors gives each window the id of the oldest open batch that still lacks its class (a
+window no open batch can take is dropped, which also evens out frequent classes); a second
+`group_by_window` keyed by that id gathers the P windows of a batch. Only then are the images
+parsed and decoded. Memory: at most classes x K + open_batches x P x K serialized records.
+A per-class filter over every shard (the obvious alternative) reads the split once per class;
+BENCHMARKS.md compares the two.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from configuration_sketch import MetricPipelineConfig
+from data_prep import tfrecords
+from data_prep.pipeline import AUTOTUNE, parse_batch, record_dataset, to_float_images
+
+_DEFAULTS = MetricPipelineConfig()
+DOMAINS = ("sketch", "photo")  # domain_id is the index (data_prep.image_folder.DOMAINS)
+
+
+def split_files(data_dir: str | os.PathLike, info: dict[str, Any], splits: str | Sequence[str]) -> list[pathlib.Path]:
+    """The shards of one split or several; missing shard files are an error."""
+    names = [splits] if isinstance(splits, str) else list(splits)
+    files = [f for split in names for f in tfrecords.shard_paths(data_dir, info, split)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise tfrecords.DatasetInfoError(f"Shards listed in dataset_info.json are missing: {missing[:3]}")
+    return files
+
+
+def class_domain_counts(info: dict[str, Any], splits: str | Sequence[str]) -> dict[str, dict[str, int]]:
+    """{class: {'sketch': n, 'photo': n}} summed over `splits`; single-domain data sets without
+    per-domain counts (Quick, Draw!) count everything as sketches."""
+    names = [splits] if isinstance(splits, str) else list(splits)
+    counts = {c: {d: 0 for d in DOMAINS} for c in info["classes"]}
+    for split in names:
+        by_domain = info.get("per_class_domain", {}).get(split)
+        for c in info["classes"]:
+            if by_domain is not None:
+                for d in DOMAINS:
+                    counts[c][d] += by_domain.get(c, {}).get(d, 0)
+            else:
+                counts[c]["sketch"] += info["splits"][split].get("per_class", {}).get(c, 0)
+    return counts
+
+
+def _domain_id(domain: str) -> int:
+    if domain not in DOMAINS:
+        raise ValueError(f"Invalid value for argument `domain`: {domain!r}. Expected 'sketch', 'photo' or None.")
+    return DOMAINS.index(domain)
+
+
+def _key_parser(has_domain: bool):
+    """serialized record -> (label, domain_id), parsing only those two features."""
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    if has_domain:
+        spec["domain_id"] = tf.io.FixedLenFeature([], tf.int64)
+
+    def parse(record):
+        f = tf.io.parse_single_example(record, spec)
+        return f["label"], f.get("domain_id", tf.constant(0, tf.int64)), record
+
+    return parse
+
+
+def assign_batches(num_keys: int, parts: int, classes_per_batch: int, open_batches: int):
+    """(initial state, scan function) giving each class window the id of an open batch.
+
+    A key is label * parts + part. A batch takes a window when it lacks that key and either
+    already holds the window's class or has fewer than P classes; it completes with P classes
+    x `parts` windows and its slot reopens under a new id. The function maps (key, records)
+    to (batch id or -1 for a dropped window, key, records).
+    """
+    slots, width = open_batches, num_keys
+    full = classes_per_batch * parts
+    state = (tf.zeros([slots, width], tf.bool), tf.zeros([slots], tf.int32),
+             tf.range(slots, dtype=tf.int64), tf.constant(slots, tf.int64))
+
+    def step(state, element):
+        members, fill, ids, next_id = state
+        key, records = element
+        label = key // parts
+        has_key = tf.gather(members, key, axis=1)
+        has_class = tf.reduce_any(tf.gather(members, label * parts + tf.range(parts, dtype=tf.int64), axis=1), axis=1)
+        classes = tf.reduce_sum(tf.cast(tf.reduce_any(tf.reshape(members, [slots, -1, parts]), axis=2), tf.int32), 1)
+        ok = tf.logical_not(has_key) & (has_class | (classes < classes_per_batch))
+        slot = tf.argmin(tf.where(ok, ids, tf.int64.max), output_type=tf.int64)
+        accepted = tf.reduce_any(ok)
+        batch_id = tf.where(accepted, tf.gather(ids, slot), tf.constant(-1, tf.int64))
+        row = tf.equal(tf.range(slots, dtype=tf.int64), slot) & accepted
+        members = members | (row[:, None] & tf.equal(tf.range(width, dtype=tf.int64), key)[None, :])
+        fill = fill + tf.cast(row, tf.int32)
+        done = row & tf.equal(fill, full)
+        members = members & tf.logical_not(done)[:, None]
+        fill = tf.where(done, 0, fill)
+        ids = tf.where(done, next_id, ids)
+        next_id = next_id + tf.cast(tf.reduce_any(done), tf.int64)
+        return (members, fill, ids, next_id), (batch_id, key, records)
+
+    return state, step
+
+
+def _pk_plan(info: dict[str, Any], splits, classes_per_batch: int, per_class: int, sketches_per_class: int,
+             domain: str | None, has_domain: bool) -> tuple[int, list[int], int | None, list[bool]]:
+    """(parts, window size per part, domain kept or None, eligible classes) after checking arguments."""
+    if classes_per_batch < 2:
+        raise ValueError(f"Invalid value for argument `classes_per_batch`: {classes_per_batch}. Expected >= 2.")
+    if per_class < 1:
+        raise ValueError(f"Invalid value for argument `per_class`: {per_class}. Expected >= 1.")
+    if not -1 <= sketches_per_class <= per_class:
+        raise ValueError(f"Invalid value for argument `sketches_per_class`: {sketches_per_class}. "
+                         f"Expected -1 (any domain) or 0..per_class ({per_class}).")
+    if sketches_per_class >= 0 and domain is not None:
+        raise ValueError("Pass either `sketches_per_class` or `domain`, not both.")
+    keep = None if domain is None else _domain_id(domain)
+    if sketches_per_class in (0, per_class):
+        keep = 0 if sketches_per_class == per_class else 1
+    parts = 2 if 0 < sketches_per_class < per_class else 1
+    if (parts == 2 or keep is not None) and not has_domain:
+        raise ValueError("This data set has no `domain_id` feature: a sketch/photo split of K or a domain "
+                         "filter needs Sketchy-style records.")
+    sizes = [sketches_per_class, per_class - sketches_per_class] if parts == 2 else [per_class]
+    counts = class_domain_counts(info, splits)
+    eligible = []
+    for c in info["classes"]:
+        n = counts[c]
+        if parts == 2:
+            eligible.append(n["sketch"] >= sizes[0] and n["photo"] >= sizes[1])
+        else:
+            eligible.append((n[DOMAINS[keep]] if keep is not None else n["sketch"] + n["photo"]) >= per_class)
+    if sum(eligible) < classes_per_batch:
+        raise ValueError(f"Only {sum(eligible)} classes of split {splits!r} have enough records for K={per_class}"
+                         f"{f' ({sizes[0]} sketches + {sizes[1]} photos)' if parts == 2 else ''}, "
+                         f"but P (classes_per_batch) is {classes_per_batch}.")
+    return parts, sizes, keep, eligible
+
+
+def pk_serialized(data_dir: str | os.PathLike, split: str | Sequence[str] = "train",
+                  classes_per_batch: int = _DEFAULTS.classes_per_batch, per_class: int = _DEFAULTS.per_class, *,
+                  sketches_per_class: int = _DEFAULTS.sketches_per_class, domain: str | None = None,
+                  seed: int | None = None, open_batches: int = _DEFAULTS.open_batches,
+                  shuffle_buffer: int = _DEFAULTS.shuffle_buffer, cycle_length: int = 4,
+                  repeat: bool = True) -> tf.data.Dataset:
+    """P x K batches of serialized records: (keys [P*K], records [P*K]), sorted by key.
+
+    key = label * parts + part (part 0 sketches, 1 photos when K is split); so each class
+    block holds its sketches first. Classes with fewer than K records in the split are left
+    out. With `repeat=False` the stream ends after one pass over the records (a partial
+    batch at the end is dropped).
+    """
+    if open_batches < 1:
+        raise ValueError(f"Invalid value for argument `open_batches`: {open_batches}. Expected >= 1.")
+    info = tfrecords.read_dataset_info(data_dir)
+    specs = tfrecords.feature_specs(info)
+    has_domain = "domain_id" in specs
+    files = split_files(data_dir, info, split)
+    parts, sizes, keep, eligible = _pk_plan(info, split, classes_per_batch, per_class, sketches_per_class,
+                                            domain, has_domain)
+    num_keys = len(info["classes"]) * parts
+    eligible_t = tf.constant(eligible, tf.bool)
+    sizes_t = tf.constant(sizes, tf.int64)
+    batch_records = classes_per_batch * per_class
+
+    ds = record_dataset(files, shuffle=True, seed=seed, cycle_length=cycle_length,
+                        shuffle_buffer=shuffle_buffer, repeat=repeat)
+    ds = ds.map(_key_parser(has_domain), num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    if keep is not None:
+        ds = ds.filter(lambda label, dom, rec: tf.equal(dom, keep))
+    ds = ds.filter(lambda label, dom, rec: tf.gather(eligible_t, label))
+    ds = ds.map(lambda label, dom, rec: (label * parts + (dom if parts == 2 else 0), rec))
+    ds = ds.group_by_window(
+        key_func=lambda key, rec: key,
+        reduce_func=lambda key, window: window.batch(tf.gather(sizes_t, key % parts), drop_remainder=True),
+        window_size_func=lambda key: tf.gather(sizes_t, key % parts))
+    ds = ds.map(lambda keys, recs: (keys[0], recs))
+    state, step = assign_batches(num_keys, parts, classes_per_batch, open_batches)
+    ds = ds.scan(state, step).filter(lambda batch_id, key, recs: batch_id >= 0)
+
+    def gather_batch(batch_id, windows):
+        flat = windows.flat_map(lambda b, key, recs: tf.data.Dataset.from_tensor_slices(
+            (tf.fill(tf.shape(recs), key), recs)))
+        return flat.batch(batch_records, drop_remainder=True)
+
+    ds = ds.group_by_window(key_func=lambda batch_id, key, recs: batch_id, reduce_func=gather_batch,
+                            window_size=classes_per_batch * parts)
+
+    def sort(keys, records):
+        order = tf.argsort(keys, stable=True)
+        return tf.gather(keys, order), tf.gather(records, order)
+
+    return ds.map(sort)
+
+
+def _ids_of(features: dict[str, tf.Tensor], id_names: list[str]) -> dict[str, tf.Tensor]:
+    return {name: features[name] for name in id_names}
+
+
+def _id_names(info: dict[str, Any], specs: dict[str, tfrecords.FeatureSpec]) -> list[str]:
+    id_feature = info.get("id_feature", "key_id" if "key_id" in specs else None)
+    return [n for n in dict.fromkeys([id_feature, "photo_id", "domain_id"]) if n in specs]
+
+
+def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train",
+               classes_per_batch: int = _DEFAULTS.classes_per_batch, per_class: int = _DEFAULTS.per_class, *,
+               sketches_per_class: int = _DEFAULTS.sketches_per_class, domain: str | None = None,
+               image_size: int | None = None, channels: int | None = None, seed: int | None = None,
+               open_batches: int = _DEFAULTS.open_batches, shuffle_buffer: int = _DEFAULTS.shuffle_buffer,
+               cycle_length: int = 4, repeat: bool = True, with_ids: bool = False) -> tf.data.Dataset:
+    """Class-balanced batches (image float32 [P*K, H, W, C] in [0, 1], label int32 [P*K]).
+
+    Each batch holds P = `classes_per_batch` distinct classes with K = `per_class` records
+    each, class blocks in label order; `sketches_per_class` (0..K) makes that many of the K
+    sketches and the rest photos (-1: any domain); `domain` keeps one domain only. With
+    `with_ids=True` a third element maps the id feature, photo_id and domain_id to [P*K].
+    """
+    info = tfrecords.read_dataset_info(data_dir)
+    specs = tfrecords.feature_specs(info)
+    id_names = _id_names(info, specs) if with_ids else []
+    ds = pk_serialized(data_dir, split, classes_per_batch, per_class, sketches_per_class=sketches_per_class,
+                       domain=domain, seed=seed, open_batches=open_batches, shuffle_buffer=shuffle_buffer,
+                       cycle_length=cycle_length, repeat=repeat)
+
+    def parse(keys, records):
+        features = parse_batch(records, specs, ["image", "label", *id_names])
+        image = to_float_images(features["image"], image_size, channels)
+        label = tf.cast(features["label"], tf.int32)
+        return (image, label, _ids_of(features, id_names)) if with_ids else (image, label)
+
+    return ds.map(parse, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def pair_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train", batch_size: int = 64, *,
+                 mode: str = _DEFAULTS.pair_mode, domain: str | None = None,
+                 pair_classes: int = _DEFAULTS.pair_classes, image_size: int | None = None,
+                 channels: int | None = None, seed: int | None = None, open_batches: int = _DEFAULTS.open_batches,
+                 shuffle_buffer: int = _DEFAULTS.shuffle_buffer, cycle_length: int = 4, repeat: bool = True,
+                 with_labels: bool = False) -> tf.data.Dataset:
+    """Batches of ((image_a, image_b), same float32 [B]) for a contrastive loss; same = 1.0 when
+    the two images share a class.
+
+    Pairs come from P x K batches of `pair_classes` classes and K = 4: per class one positive
+    pair and one negative pair with the next class, so exactly half of all pairs are positive
+    and each record is used once. mode 'cross_domain': a is a sketch, b a photo (2 + 2 per
+    class); 'same_domain': a and b from one domain (`domain`, needed when the data set has two).
+    Pairs are shuffled (on the serialized records) before batching. With `with_labels=True`
+    elements are dicts: a, b, same, label_a, label_b, domain_a, domain_b.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Invalid value for argument `batch_size`: {batch_size}. Expected >= 1.")
+    info = tfrecords.read_dataset_info(data_dir)
+    specs = tfrecords.feature_specs(info)
+    has_domain = "domain_id" in specs
+    if mode == "cross_domain":
+        if domain is not None:
+            raise ValueError("`domain` applies to mode='same_domain' only.")
+        layout = {"sketches_per_class": 2, "domain": None}
+    elif mode == "same_domain":
+        if domain is None and has_domain and len(info.get("domains", DOMAINS)) > 1:
+            raise ValueError("mode='same_domain' on a data set with sketches and photos needs `domain` "
+                             "('sketch' or 'photo').")
+        layout = {"sketches_per_class": -1, "domain": domain}
+    else:
+        raise ValueError(f"Invalid value for argument `mode`: {mode!r}. Expected 'cross_domain' or 'same_domain'.")
+    ds = pk_serialized(data_dir, split, pair_classes, 4, seed=seed, open_batches=open_batches,
+                       shuffle_buffer=shuffle_buffer, cycle_length=cycle_length, repeat=repeat, **layout)
+    # Class block i holds [x0, x1, x2, x3]; cross-domain: x0, x1 sketches, x2, x3 photos.
+    first, second = ((0, 2), (1, 3)) if mode == "cross_domain" else ((0, 1), (2, 3))
+
+    def make_pairs(keys, records):
+        r = tf.reshape(records, [pair_classes, 4])
+        a = tf.concat([r[:, first[0]], r[:, second[0]]], 0)
+        b = tf.concat([r[:, first[1]], tf.roll(r[:, second[1]], shift=-1, axis=0)], 0)
+        same = tf.concat([tf.ones([pair_classes]), tf.zeros([pair_classes])], 0)
+        return tf.data.Dataset.from_tensor_slices((a, b, same))
+
+    ds = ds.flat_map(make_pairs).shuffle(max(4 * batch_size, 8 * pair_classes), seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    names = ["image", "label"] + (["domain_id"] if has_domain else [])
+
+    def parse(a, b, same):
+        fa, fb = parse_batch(a, specs, names), parse_batch(b, specs, names)
+        xa = to_float_images(fa["image"], image_size, channels)
+        xb = to_float_images(fb["image"], image_size, channels)
+        if not with_labels:
+            return (xa, xb), same
+        zeros = tf.zeros_like(fa["label"])
+        return {"a": xa, "b": xb, "same": same, "label_a": tf.cast(fa["label"], tf.int32),
+                "label_b": tf.cast(fb["label"], tf.int32), "domain_a": fa.get("domain_id", zeros),
+                "domain_b": fb.get("domain_id", zeros)}
+
+    return ds.map(parse, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def domain_dataset(data_dir: str | os.PathLike, split: str | Sequence[str], domain: str | None, batch_size: int, *,
+                   image_size: int | None = None, channels: int | None = None) -> tf.data.Dataset:
+    """The records of one domain of a split, in shard order: (image, {label, ids...}) batches."""
+    if batch_size < 1:
+        raise ValueError(f"Invalid value for argument `batch_size`: {batch_size}. Expected >= 1.")
+    info = tfrecords.read_dataset_info(data_dir)
+    specs = tfrecords.feature_specs(info)
+    has_domain = "domain_id" in specs
+    if domain is not None and not has_domain:
+        raise ValueError("This data set has no `domain_id` feature; pass domain=None.")
+    id_names = _id_names(info, specs)
+    ds = record_dataset(split_files(data_dir, info, split), shuffle=False, seed=None, cycle_length=1,
+                        shuffle_buffer=0, repeat=False)
+    if domain is not None:
+        wanted = _domain_id(domain)
+        parse_key = _key_parser(True)
+        ds = ds.filter(lambda rec: tf.equal(parse_key(rec)[1], wanted))
+    ds = ds.batch(batch_size)
+
+    def parse(records):
+        features = parse_batch(records, specs, ["image", "label", *id_names])
+        meta = {"label": tf.cast(features["label"], tf.int32), **_ids_of(features, id_names)}
+        return to_float_images(features["image"], image_size, channels), meta
+
+    return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+
+
+def query_gallery(data_dir: str | os.PathLike, split: str | Sequence[str] = "test", batch_size: int = 256, *,
+                  image_size: int | None = None, channels: int | None = None, query_domain: str = "sketch",
+                  gallery_domain: str = "photo") -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(queries, gallery) for retrieval evaluation: sketches of `split` against its photos.
+
+    Both yield (image float32 [B, H, W, C], {label, item_id, photo_id, domain_id}) in a fixed
+    order, so embeddings line up with the metadata; photo_id lets instance-level retrieval find
+    a sketch's own photo. For zero-shot retrieval use split='test_unseen'.
+    """
+    return (domain_dataset(data_dir, split, query_domain, batch_size, image_size=image_size, channels=channels),
+            domain_dataset(data_dir, split, gallery_domain, batch_size, image_size=image_size, channels=channels))
