@@ -191,6 +191,32 @@ class MetricPipelineConfig:
     shuffle_buffer: int = field(2000, "Records in the shuffle buffer of the training streams.")
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+    """Metric-learning models (siamese, triplet, deephash; models/embedding.py) and their losses.
+
+    P and K of the P x K batches are MetricPipelineConfig's classes_per_batch and per_class.
+    """
+
+    embedding_dim: int = field(128, "Embedding width of siamese and triplet (2..4096).")
+    backbone: str = field("sknet", "Convolutional trunk: sknet/skresnet (>= 16 px) or siamese_cnn, the "
+                          "Sketchy Siamese baseline net (>= 64 px; 100 in the original).",
+                          choices=("sknet", "skresnet", "siamese_cnn"))
+    l2_normalize: bool = field(True, "Scale siamese/triplet embeddings to unit L2 norm.")
+    shared_weights: bool = field(True, "siamese: one network for both images; False: a sketch branch and "
+                                 "a photo branch with their own weights (cross-domain).")
+    loss: str = field("auto", "auto: siamese contrastive on pairs, triplet/deephash triplet loss; triplet "
+                      "also takes the in-batch contrastive loss.", choices=("auto", "triplet", "contrastive"))
+    miner: str = field("auto", "Triplet miner (auto = batch_hard, batch_all, semi_hard) or in-batch "
+                       "contrastive pair miner (auto/none = all pairs, hard_negative).",
+                       choices=("auto", "batch_hard", "batch_all", "semi_hard", "hard_negative", "none"))
+    margin: float = field(-1.0, "Loss margin (> 0); -1 takes the loss's own: triplet 0.2, contrastive 1.0, deephash 0.5.")
+    bits: int = field(64, "deephash code length in bits (16, 32, 64, 128).")
+    quantization_weight: float = field(0.1, "deephash: weight lambda of the quantization loss ||sign(u) - u||^2.")
+    margin_ramp_steps: int = field(0, "deephash: grow the margin linearly from margin_start over this many steps (0: no ramp).")
+    margin_start: float = field(0.0, "deephash: margin at step 0 when margin_ramp_steps > 0 (0 <= margin_start <= margin).")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
