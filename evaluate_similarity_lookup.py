@@ -94,10 +94,11 @@ def run_evaluate(config: cs.EvalConfig) -> int:
 
 
 def _load_model(config: cs.EvalConfig):
-    from training.export import load_exported
+    from training.export import load_exported, read_meta
 
     if not config.model:
         raise ValueError("--model is required: an exported model folder (training/export.py).")
+    read_meta(config.model)  # a wrong folder fails before TensorFlow loads
     return load_exported(config.model)
 
 
@@ -147,16 +148,20 @@ def run_index(config: cs.EvalConfig) -> int:
 
 def run_lookup(config: cs.EvalConfig) -> int:
     from retrieval.index import default_index_dir, load_index
-    from retrieval.lookup import embed_query, result_image, result_rows
+    from retrieval.lookup import embed_query, prepare_query, result_image, result_rows
     from retrieval.plots import plot_result_grid
     from retrieval.ranking import pack_codes
+    from training.export import read_meta
 
     if not config.query:
         raise ValueError("--query is required: a sketch image or an .ndjson drawing.")
-    model, meta = _load_model(config)
+    if not config.model:
+        raise ValueError("--model is required: an exported model folder (training/export.py).")
+    query = prepare_query(config.query, read_meta(config.model))  # bad input fails before TensorFlow loads
     index = load_index(config.index or default_index_dir(config.model))
     k = max(int(x) for x in config.k.split(",")) if flags.FLAGS["k"].present else 10
-    embedding, image = embed_query(model, meta, config.query)
+    model, _ = _load_model(config)
+    embedding = embed_query(model, query)
     if index.metric == "hamming":
         embedding = pack_codes(embedding)
     distances, indices = index.search(embedding, k)
@@ -168,7 +173,7 @@ def run_lookup(config: cs.EvalConfig) -> int:
     grid = config.grid or str(pathlib.Path(config.query).with_suffix("")) + "_lookup.png"
     tiles = [{"image": result_image(index, r["index"]), "caption": f"{r['rank']}. {r['class']}\nd={r['distance']:.3g}",
               "correct": None} for r in rows]
-    plot_result_grid([{"query": {"image": image, "caption": "query"}, "results": tiles}], grid,
+    plot_result_grid([{"query": {"image": query.display, "caption": "query"}, "results": tiles}], grid,
                      title=f"{pathlib.Path(config.query).name}: {len(rows)} nearest ({index.metric})")
     print(f"grid: {grid}")
     return 0

@@ -89,22 +89,37 @@ def rasterize_query(path, meta: dict) -> np.ndarray:
     return image
 
 
-def embed_query(model, meta: dict, path) -> tuple[np.ndarray, np.ndarray]:
-    """(embedding (1, D) float32, uint8 image for display) of a .png/.jpg or .ndjson query."""
-    import tensorflow as tf
+@dataclasses.dataclass
+class Query:
+    """A query ready to embed: uint8 pixels (drawings) or PNG bytes (images), and a displayable image."""
 
+    path: str
+    display: np.ndarray
+    pixels: np.ndarray | None = None
+    png: bytes | None = None
+
+
+def prepare_query(path, meta: dict) -> Query:
+    """Read and check a .png/.jpg or .ndjson query (no TensorFlow needed)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise QueryError(f"query {str(path)!r} does not exist.")
     if path.suffix.lower() == ".ndjson":
         image = rasterize_query(path, meta)
-        embedding = model.embed_images(tf.constant(image[None]))
-        return embedding.numpy(), image
+        return Query(str(path), image, pixels=image)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise QueryError(f"query {str(path)!r}: expected an image ({', '.join(IMAGE_SUFFIXES)}) or .ndjson.")
     data = read_png_bytes(path)
-    embedding = model.embed_png(tf.constant([data]))
-    return embedding.numpy(), np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return Query(str(path), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), png=data)
+
+
+def embed_query(model, query: Query) -> np.ndarray:
+    """(1, D) float32 embedding of a prepared query through the model's endpoints."""
+    import tensorflow as tf
+
+    if query.pixels is not None:
+        return model.embed_images(tf.constant(query.pixels[None])).numpy()
+    return model.embed_png(tf.constant([query.png])).numpy()
 
 
 def list_image_folder(root) -> tuple[list[pathlib.Path], np.ndarray, list[str]]:

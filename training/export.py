@@ -25,9 +25,7 @@ import json
 import os
 import pathlib
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 KINDS = ("classifier", "embedding", "hash")
 SAVED_MODEL = "saved_model"
@@ -40,12 +38,12 @@ class ExportError(ValueError):
     """A model or export folder that does not fit the export contract; the message says why."""
 
 
-def _is_softmax(model: keras.Model) -> bool:
+def _is_softmax(model) -> bool:
     activation = getattr(model.layers[-1], "activation", None)
     return activation is not None and getattr(activation, "__name__", "") == "softmax"
 
 
-def export_model(model: keras.Model, export_dir, *, class_names: list[str] | None, image_size: int,
+def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | None, image_size: int,
                  channels: int, kind: str = "classifier", raster: dict | None = None,
                  features_layer: str = "features", outputs_are_logits: bool | None = None) -> dict:
     """Write the SavedModel, the .keras file and model_meta.json; returns the meta dict.
@@ -53,6 +51,9 @@ def export_model(model: keras.Model, export_dir, *, class_names: list[str] | Non
     `outputs_are_logits` None decides from the last layer (softmax activation: probabilities,
     otherwise logits, to which the classify endpoints apply a softmax).
     """
+    import keras
+    import tensorflow as tf
+
     if kind not in KINDS:
         raise ExportError(f"Invalid value for argument `kind`. Received: {kind!r}. Expected one of {KINDS}.")
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
@@ -148,13 +149,22 @@ def export_model(model: keras.Model, export_dir, *, class_names: list[str] | Non
     return meta
 
 
-def load_exported(export_dir):
-    """(the loaded SavedModel object, meta dict) of a folder written by export_model."""
+def read_meta(export_dir) -> dict:
+    """model_meta.json of an export folder, checked to be one (no TensorFlow import)."""
     export_dir = pathlib.Path(export_dir)
     meta_path = export_dir / META_FILE
-    saved = export_dir / SAVED_MODEL
-    if not meta_path.is_file() or not saved.is_dir():
+    if not meta_path.is_file() or not (export_dir / SAVED_MODEL).is_dir():
         raise ExportError(f"{str(export_dir)!r} is not an exported model folder: expected "
                           f"{META_FILE} and {SAVED_MODEL}/ inside.")
-    meta = json.loads(meta_path.read_text())
-    return tf.saved_model.load(os.fspath(saved)), meta
+    try:
+        return json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ExportError(f"{str(meta_path)!r} is not valid JSON: {err}") from None
+
+
+def load_exported(export_dir):
+    """(the loaded SavedModel object, meta dict) of a folder written by export_model."""
+    import tensorflow as tf
+
+    meta = read_meta(export_dir)
+    return tf.saved_model.load(os.fspath(pathlib.Path(export_dir) / SAVED_MODEL)), meta
