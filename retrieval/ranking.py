@@ -32,7 +32,7 @@ BACKENDS = ("auto", "numpy", "tensorflow")
 TIE_RULE = ("equal distances are ordered by gallery index, lowest first (a stable sort, as in the "
             "original tool)")
 # Bytes held per (query, gallery item) pair while a block is ranked, peak, by path.
-PAIR_BYTES = {"float": 16, "hamming": 32}
+PAIR_BYTES = {"float": 24, "hamming": 32}
 _MAX_HAMMING_BITS = 0xFFFE
 _FLOAT32_SAFE = 1e37  # squared norms above this could overflow a float32 distance
 
@@ -143,7 +143,6 @@ class Ranker:
         order = np.argsort(self.gallery_labels, kind="stable")
         classes, starts, counts = np.unique(self.gallery_labels[order], return_index=True, return_counts=True)
         self.class_members = {int(c): order[s:s + n] for c, s, n in zip(classes, starts, counts)}
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @property
     def path(self) -> str:
@@ -184,34 +183,36 @@ class Ranker:
 
     # ----------------------------------------------------------------------------------------
     def rank_block(self, query_index: np.ndarray, top_k: int, targets: np.ndarray | None = None) -> BlockRanks:
-        """Rank the queries at `query_index` (sorted by label within the block is fastest)."""
+        """Rank the queries at `query_index` (any order; few distinct labels make fewer segments)."""
         query_index = np.asarray(query_index, dtype=np.int64)
         if self.metric == "hamming":
             return self._rank_hamming(query_index, top_k, targets)
         return self._rank_float(query_index, top_k, targets)
 
     def _float_distances(self, query_index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Ranking values (B, G) float32: |g|^2 - 2 q.g for L2, -cos for cosine (and, on the
-        TensorFlow backend, the rows already sorted)."""
-        q = self._q[query_index]
+        """Ranking values (B, G) float32: |g|^2 - 2 q.g for L2, -cos for cosine; the query itself
+        +inf in leave-one-out mode (and, on the TensorFlow backend, the rows already sorted).
+
+        Scaling q by -2 (or -1) before the product is exact, so it costs no pass over (B, G).
+        (Computing only the tiles on one side of the diagonal in leave-one-out mode was tried:
+        OpenBLAS spends more CPU on the smaller tiles and the mirror copies than it saves.)
+        """
+        scale = np.float32(-2.0) if self._g_sq is not None else np.float32(-1.0)
         if self.backend == "tensorflow":
             tf = self._tf
             with tf.device(_tf_device(tf)):
-                dots = tf.linalg.matmul(tf.constant(q), self._tf_g, transpose_b=True)
-                values = self._tf_g_sq[None, :] - 2.0 * dots if self._g_sq is not None else -dots
-                values = values + 0.0
+                values = tf.linalg.matmul(tf.constant(self._q[query_index] * scale), self._tf_g, transpose_b=True)
+                if self._g_sq is not None:
+                    values = values + self._tf_g_sq[None, :]
                 if self.leave_one_out:
                     idx = tf.stack([tf.range(len(query_index), dtype=tf.int64), tf.constant(query_index)], 1)
                     values = tf.tensor_scatter_nd_update(
                         values, idx, tf.fill([len(query_index)], np.float32(np.inf)))
                 ordered = tf.sort(values, axis=1)
             return values.numpy(), ordered.numpy()
-        values = np.matmul(q, self._g.T)
+        values = np.matmul(self._q[query_index] * scale, self._g.T)
         if self._g_sq is not None:
-            values *= np.float32(-2.0)
             values += self._g_sq[None, :]
-        else:
-            np.negative(values, out=values)
         if self.leave_one_out:
             values[np.arange(len(query_index)), query_index] = np.inf
         return values, None
@@ -223,71 +224,87 @@ class Ranker:
             return np.sqrt(np.maximum(values + self._q_sq[query_index, None].astype(np.float64), 0.0))
         return 1.0 + values
 
-    def _sort_rows(self, keys: np.ndarray) -> np.ndarray:
-        out = keys.copy()
-        if self._pool is None or len(keys) < 2 * self.threads:
+    def _sort_rows(self, values: np.ndarray) -> np.ndarray:
+        """A sorted copy of each row (NumPy's SIMD sort), rows split over the worker threads."""
+        out = values.copy()
+        pool = _pool(self.threads)
+        if pool is None or len(values) < 2 * self.threads:
             out.sort(axis=1)
             return out
-        bounds = np.linspace(0, len(keys), self.threads + 1).astype(int)
-        list(self._pool.map(lambda ab: out[ab[0]:ab[1]].sort(axis=1), zip(bounds[:-1], bounds[1:])))
+        bounds = np.linspace(0, len(values), self.threads + 1).astype(int)
+        list(pool.map(lambda ab: out[ab[0]:ab[1]].sort(axis=1), zip(bounds[:-1], bounds[1:])))
         return out
 
     def _rank_float(self, query_index, top_k, targets) -> BlockRanks:
         values, ordered = self._float_distances(query_index)
-        keys = sortable_keys(values)
-        if ordered is not None:
-            ordered = sortable_keys(ordered)
-        else:
-            ordered = self._sort_rows(keys)
+        if ordered is None:
+            ordered = self._sort_rows(values)
         labels = self.query_labels[query_index]
         num = len(query_index)
-        num_relevant = np.zeros(num, np.int64)
-        pieces: list[tuple[int, np.ndarray]] = []
-        for start, stop, label in _segments(labels):
-            members = self.class_members.get(int(label))
-            if members is None:
-                continue
-            rows = np.arange(start, stop)
-            ranks = self._relevant_ranks(keys, ordered, rows, members)
-            num_relevant[start:stop] = ranks.shape[1]
-            pieces.append((start, ranks))
+        members, num_relevant = self._member_table(labels)
+        # Chunks of rows keep the (rows x largest class) temporaries near 8 bytes per pair.
+        chunk = max(1, (num * values.shape[1]) // max(1, members.shape[1] * 9))
+        pieces = []
+        for a in range(0, num, chunk):
+            rows = np.arange(a, min(a + chunk, num))
+            ranks = self._relevant_ranks(values, ordered, rows, members[rows], num_relevant[rows])
+            pieces.append(ranks[np.arange(ranks.shape[1])[None, :] < num_relevant[rows, None]])
         offsets = np.zeros(num + 1, np.int64)
         np.cumsum(num_relevant, out=offsets[1:])
-        flat = np.zeros(offsets[-1], np.int64)
-        for start, ranks in pieces:
-            flat[offsets[start]:offsets[start] + ranks.size] = ranks.ravel()
-        top, top_keys = _top_from_keys(keys, ordered, top_k)
-        top_distance = self._distance_from_value(key_to_float(top_keys), query_index)
-        target_rank = _target_ranks(keys, targets)
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        top, top_values = _top_k(values, ordered, top_k)
+        top_distance = self._distance_from_value(top_values, query_index)
+        target_rank = _target_ranks(values, targets)
         return BlockRanks(query_index, num_relevant, flat, offsets, top, top_distance, target_rank)
 
-    def _relevant_ranks(self, keys, ordered, rows, members) -> np.ndarray:
-        """(rows, R) ascending ranks of the relevant items `members` for rows sharing one label."""
-        sub = keys[rows[0]:rows[-1] + 1][:, members]
+    def _member_table(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, R_max) gallery indices of each row's relevant items, padded with -1, and how many
+        each row ranks (its class size, less itself in leave-one-out mode)."""
+        classes, inverse = np.unique(labels, return_inverse=True)
+        lists = [self.class_members.get(int(c), np.zeros(0, np.int64)) for c in classes]
+        width = max((len(m) for m in lists), default=0)
+        table = np.full((len(classes), max(width, 1)), -1, np.int64)
+        for i, m in enumerate(lists):
+            table[i, :len(m)] = m
+        sizes = np.array([len(m) for m in lists], np.int64)[inverse]
+        if self.leave_one_out:
+            sizes = np.maximum(sizes - 1, 0)
+        return table[inverse], sizes
+
+    def _relevant_ranks(self, values, ordered, rows, members, counts) -> np.ndarray:
+        """(rows, R_max) ascending ranks of each row's relevant items (the first `counts` of a row
+        are meaningful; padding and the query itself sort last as +inf).
+
+        A relevant item's rank is 1 + the number of items below its distance in the sorted row
+        (one binary search) + the items at its distance that come first by the tie rule: the
+        relevant ones among them are known; non-relevant ones at the same distance are rare with
+        real-valued distances and are counted in the row itself.
+        """
+        sub = values[rows[:, None], np.maximum(members, 0)]
+        sub[members < 0] = np.inf
         order = np.argsort(sub, axis=1, kind="stable")
-        values = np.take_along_axis(sub, order, axis=1)
-        columns = members[order]
-        if self.leave_one_out:  # the query itself carries the largest key: it sorts last
-            values, columns = values[:, :-1], columns[:, :-1]
-        if values.shape[1] == 0:
-            return values.astype(np.int64)
-        left = np.empty(values.shape, np.int64)
-        right = np.empty(values.shape, np.int64)
+        sub = np.take_along_axis(sub, order, axis=1)
+        columns = np.take_along_axis(members, order, axis=1)
+        width = sub.shape[1]
+        # side='right' is side='left' of the next float up: one search per row finds both
+        probes = np.concatenate([sub, np.nextafter(sub, np.float32(np.inf))], axis=1)
+        found = np.empty(probes.shape, np.int64)
         for i, row in enumerate(rows):
-            left[i] = np.searchsorted(ordered[row], values[i], side="left")
-            right[i] = np.searchsorted(ordered[row], values[i], side="right")
-        run_start, run_stop = _runs(values)
-        position = np.arange(values.shape[1])[None, :]
+            found[i] = ordered[row].searchsorted(probes[i])
+        left, right = found[:, :width], found[:, width:]
+        run_start, run_stop = _runs(sub)
+        position = np.arange(width)[None, :]
         ranks = left + (position - run_start) + 1
-        tied = (right - left) > (run_stop - run_start)  # a non-relevant item shares the distance
+        # a non-relevant item shares the distance of a (meaningful) relevant one
+        tied = ((right - left) > (run_stop - run_start)) & (position < counts[:, None])
         if tied.any():
             for i in np.flatnonzero(tied.any(axis=1)):
                 row = rows[i]
                 which = np.flatnonzero(tied[i])
-                candidates = np.flatnonzero(np.isin(keys[row], np.unique(values[i, which])))
-                candidate_keys = keys[row, candidates]
+                candidates = np.flatnonzero(np.isin(values[row], np.unique(sub[i, which])))
+                candidate_values = values[row, candidates]
                 for j in which:
-                    before = (candidate_keys == values[i, j]) & (candidates < columns[i, j])
+                    before = (candidate_values == sub[i, j]) & (candidates < columns[i, j])
                     ranks[i, j] = left[i, j] + np.count_nonzero(before) + 1
         return ranks
 
@@ -316,9 +333,8 @@ class Ranker:
                           top_distance, target_rank)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        """Release the TensorFlow copy of the gallery (the thread pool is shared and kept)."""
+        self._tf_g = self._tf_g_sq = None
 
 
 def hamming_distances_words(q_words: np.ndarray, g_words: np.ndarray) -> np.ndarray:
@@ -362,14 +378,14 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return start, stop
 
 
-def _top_from_keys(keys: np.ndarray, ordered: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `top_k` nearest gallery indices per row under the tie rule, and their keys."""
-    num = len(keys)
+def _top_k(values: np.ndarray, ordered: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `top_k` nearest gallery indices per row under the tie rule, and their values."""
+    num = len(values)
     if top_k == 0:
-        return np.zeros((num, 0), np.int64), np.zeros((num, 0), np.uint32)
+        return np.zeros((num, 0), np.int64), np.zeros((num, 0), np.float32)
     threshold = ordered[:, top_k - 1]
-    rows, cols = np.nonzero(keys <= threshold[:, None])
-    composite = keys[rows, cols].astype(np.uint64) << np.uint64(32)
+    rows, cols = np.nonzero(values <= threshold[:, None])
+    composite = sortable_keys(values[rows, cols]).astype(np.uint64) << np.uint64(32)
     composite |= cols.astype(np.uint64)
     if len(rows) == num * top_k:  # no tie at the threshold: exactly top_k candidates a row
         composite = np.sort(composite.reshape(num, top_k), axis=1)
@@ -379,11 +395,24 @@ def _top_from_keys(keys: np.ndarray, ordered: np.ndarray, top_k: int) -> tuple[n
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         composite = composite[starts[:, None] + np.arange(top_k)[None, :]]
     top = (composite & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    return top, (composite >> np.uint64(32)).astype(np.uint32)
+    return top, key_to_float((composite >> np.uint64(32)).astype(np.uint32))
+
+
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor | None:
+    """One shared pool per thread count (sorting releases the GIL)."""
+    if threads <= 1:
+        return None
+    if threads not in _POOLS:
+        _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="rank")
+    return _POOLS[threads]
 
 
 def _target_ranks(keys: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-    """1-based rank of each row's target gallery index under the tie rule (0 where none)."""
+    """1-based rank of each row's target gallery index under the tie rule (0 where none);
+    `keys` are the rows' distances or ranking values."""
     ranks = np.zeros(len(keys), np.int64)
     if targets is None:
         return ranks
