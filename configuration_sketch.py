@@ -184,7 +184,13 @@ class MetricPipelineConfig:
     classes_per_batch: int = field(8, "P: distinct classes in each P x K batch.")
     per_class: int = field(4, "K: examples of each class in a P x K batch.")
     sketches_per_class: int = field(-1, "Of the K, how many are sketches (the rest photos); -1: any domain.")
-    open_batches: int = field(4, "P x K batches assembled at once; bounds memory, more wastes fewer records.")
+    open_batches: int = field(
+        4, "Batches' worth of class units (K records of one class) that may wait for a batch; bounds memory, "
+        "more wastes fewer records.")
+    chunk_size: int = field(1024, "Records grouped into class units and batches per step (vectorised).")
+    max_lead: int = field(
+        4, "With K split by domain: units' worth of one domain's records a class may hold while waiting for "
+        "the other domain (the excess of the more frequent domain is dropped).")
     pair_mode: str = field("cross_domain", "Pairs: sketch with photo, or two of one domain.",
                            choices=("cross_domain", "same_domain"))
     pair_classes: int = field(8, "Classes drawn together to make pairs (each gives one positive, one negative).")

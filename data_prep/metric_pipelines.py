@@ -8,15 +8,16 @@
   the gallery, in a fixed order.
 
 P x K without loading the data set and without shards sorted by class: one shuffled,
-repeated stream of serialized records over every shard of the split; a cheap parse of the
-label (and domain) of each record; `group_by_window` keyed by class (or class and domain)
-gathers K records of a key into a window; a `scan` whose state is a few small integer
-tensors gives each window the id of the oldest open batch that still lacks its class (a
-window no open batch can take is dropped, which also evens out frequent classes); a second
-`group_by_window` keyed by that id gathers the P windows of a batch. Only then are the images
-parsed and decoded. Memory: at most classes x K + open_batches x P x K serialized records.
-A per-class filter over every shard (the obvious alternative) reads the split once per class;
-BENCHMARKS.md compares the two.
+repeated stream of serialized records over every shard of the split, cut into chunks of
+`chunk_size`; for each chunk, one batched parse of the labels (and domains), then a `scan`
+whose state carries the records and class units still waiting: `form_units` groups the
+records into class units (K records of one class, or Ks sketches + Kp photos) with sorts and
+gathers, and `form_batches` puts units of distinct classes together, P to a batch. Only the
+finished batches' images are parsed and decoded. Everything is vectorised per chunk, so the
+cost per record stays close to plain reading; memory is bounded by classes x K x max_lead
+carried records plus open_batches x P x K pending ones. The obvious alternatives cost more:
+a per-class filter over every shard reads the split once per class, and group_by_window
+builds a dataset per window (BENCHMARKS.md has the numbers).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _domain_id(domain: str) -> int:
 
 
 def _key_parser(has_domain: bool):
-    """serialized record -> (label, domain_id), parsing only those two features."""
+    """serialized record -> (label, domain_id, record), parsing only those two features."""
     spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
     if has_domain:
         spec["domain_id"] = tf.io.FixedLenFeature([], tf.int64)
@@ -80,46 +81,77 @@ def _key_parser(has_domain: bool):
     return parse
 
 
-def assign_batches(num_keys: int, parts: int, classes_per_batch: int, open_batches: int):
-    """(initial state, scan function) giving each class window the id of an open batch.
+def _ranks(keys: tf.Tensor, num_keys: int) -> tf.Tensor:
+    """For each element, how many earlier elements share its key (0 for the first)."""
+    order = tf.argsort(keys, stable=True)
+    sorted_keys = tf.gather(keys, order)
+    starts = tf.cumsum(tf.math.bincount(keys, minlength=num_keys, maxlength=num_keys, dtype=tf.int64),
+                       exclusive=True)
+    sorted_ranks = tf.range(tf.size(keys, out_type=tf.int64)) - tf.gather(starts, sorted_keys)
+    return tf.gather(sorted_ranks, tf.argsort(order))
 
-    A key is label * parts + part. A batch takes a window when it lacks that key and either
-    already holds the window's class or has fewer than P classes; it completes with P classes
-    x `parts` windows and its slot reopens under a new id. The function maps (key, records)
-    to (batch id or -1 for a dropped window, key, records).
+
+def form_units(carry_keys, carry_records, keys, records, *, sizes: Sequence[int], num_classes: int,
+               max_lead: int):
+    """Class units from the carried records followed by a new chunk.
+
+    A key is label * parts + part, part 0 sketches and 1 photos when K is split (parts = 2),
+    else 0. A unit is one class's sizes[0] (+ sizes[1]) records, sketches first; each class
+    gives as many units as its scarcest part allows, oldest records first. Leftovers are
+    carried to the next chunk, at most `max_lead` units' worth per key (the excess of a part
+    that outnumbers the other is dropped). Returns ((carry keys, carry records),
+    (unit keys [U, K], unit records [U, K])).
     """
-    slots, width = open_batches, num_keys
-    full = classes_per_batch * parts
-    state = (tf.zeros([slots, width], tf.bool), tf.zeros([slots], tf.int32),
-             tf.range(slots, dtype=tf.int64), tf.constant(slots, tf.int64))
+    parts, total = len(sizes), sum(sizes)
+    sizes_t = tf.constant(sizes, tf.int64)
+    offsets_t = tf.constant([0, sizes[0]][:parts], tf.int64)
+    keys = tf.concat([carry_keys, keys], 0)
+    records = tf.concat([carry_records, records], 0)
+    counts = tf.math.bincount(keys, minlength=num_classes * parts, maxlength=num_classes * parts, dtype=tf.int64)
+    units = tf.reduce_min(tf.reshape(counts, [num_classes, parts]) // sizes_t[None, :], axis=1)
+    label, part = keys // parts, keys % parts
+    size = tf.gather(sizes_t, part)
+    rank = _ranks(keys, num_classes * parts)
+    used_per_key = tf.gather(units, label) * size
+    used = rank < used_per_key
+    keep = tf.logical_not(used) & (rank - used_per_key < max_lead * size)
+    target = ((tf.gather(tf.cumsum(units, exclusive=True), label) + rank // size) * total
+              + tf.gather(offsets_t, part) + rank % size)
+    used_index = tf.where(used)[:, 0]
+    order = tf.gather(used_index, tf.argsort(tf.gather(target, used_index)))
+    unit_keys = tf.reshape(tf.gather(keys, order), [-1, total])
+    unit_records = tf.reshape(tf.gather(records, order), [-1, total])
+    return (tf.boolean_mask(keys, keep), tf.boolean_mask(records, keep)), (unit_keys, unit_records)
 
-    def step(state, element):
-        members, fill, ids, next_id = state
-        key, records = element
-        label = key // parts
-        has_key = tf.gather(members, key, axis=1)
-        has_class = tf.reduce_any(tf.gather(members, label * parts + tf.range(parts, dtype=tf.int64), axis=1), axis=1)
-        classes = tf.reduce_sum(tf.cast(tf.reduce_any(tf.reshape(members, [slots, -1, parts]), axis=2), tf.int32), 1)
-        ok = tf.logical_not(has_key) & (has_class | (classes < classes_per_batch))
-        slot = tf.argmin(tf.where(ok, ids, tf.int64.max), output_type=tf.int64)
-        accepted = tf.reduce_any(ok)
-        batch_id = tf.where(accepted, tf.gather(ids, slot), tf.constant(-1, tf.int64))
-        row = tf.equal(tf.range(slots, dtype=tf.int64), slot) & accepted
-        members = members | (row[:, None] & tf.equal(tf.range(width, dtype=tf.int64), key)[None, :])
-        fill = fill + tf.cast(row, tf.int32)
-        done = row & tf.equal(fill, full)
-        members = members & tf.logical_not(done)[:, None]
-        fill = tf.where(done, 0, fill)
-        ids = tf.where(done, next_id, ids)
-        next_id = next_id + tf.cast(tf.reduce_any(done), tf.int64)
-        return (members, fill, ids, next_id), (batch_id, key, records)
 
-    return state, step
+def form_batches(pending_keys, pending_records, unit_keys, unit_records, *, classes_per_batch: int,
+                 num_classes: int, parts: int, max_pending: int):
+    """P x K batches of distinct classes from the pending units followed by new ones.
+
+    Each unit gets a level: how many units of its class come before it in the list. Units of
+    one level are of distinct classes; every level contributes floor(n / P) batches of P of its
+    units, in list order, and the rest wait (lowest levels first, at most `max_pending`
+    units; beyond that the units of the most frequent classes are dropped). Returns
+    ((pending keys, pending records), (batch keys [B, P*K], batch records [B, P*K])).
+    """
+    keys = tf.concat([pending_keys, unit_keys], 0)
+    records = tf.concat([pending_records, unit_records], 0)
+    n = tf.shape(keys, out_type=tf.int64)[0]
+    level = _ranks(keys[:, 0] // parts, num_classes)
+    order = tf.argsort(level * (n + 1) + tf.range(n), stable=True)
+    sorted_level = tf.gather(level, order)
+    level_counts = tf.math.bincount(level, dtype=tf.int64)
+    position = tf.range(n) - tf.gather(tf.cumsum(level_counts, exclusive=True), sorted_level)
+    full = position < tf.gather(level_counts // classes_per_batch * classes_per_batch, sorted_level)
+    emit, wait = tf.boolean_mask(order, full), tf.boolean_mask(order, tf.logical_not(full))[:max_pending]
+    width = classes_per_batch * tf.shape(keys, out_type=tf.int64)[1]
+    batches = (tf.reshape(tf.gather(keys, emit), [-1, width]), tf.reshape(tf.gather(records, emit), [-1, width]))
+    return (tf.gather(keys, wait), tf.gather(records, wait)), batches
 
 
 def _pk_plan(info: dict[str, Any], splits, classes_per_batch: int, per_class: int, sketches_per_class: int,
-             domain: str | None, has_domain: bool) -> tuple[int, list[int], int | None, list[bool]]:
-    """(parts, window size per part, domain kept or None, eligible classes) after checking arguments."""
+             domain: str | None, has_domain: bool) -> tuple[list[int], int | None, list[bool]]:
+    """(unit sizes per part, domain kept or None, eligible classes) after checking arguments."""
     if classes_per_batch < 2:
         raise ValueError(f"Invalid value for argument `classes_per_batch`: {classes_per_batch}. Expected >= 2.")
     if per_class < 1:
@@ -132,80 +164,87 @@ def _pk_plan(info: dict[str, Any], splits, classes_per_batch: int, per_class: in
     keep = None if domain is None else _domain_id(domain)
     if sketches_per_class in (0, per_class):
         keep = 0 if sketches_per_class == per_class else 1
-    parts = 2 if 0 < sketches_per_class < per_class else 1
-    if (parts == 2 or keep is not None) and not has_domain:
+    split_k = 0 < sketches_per_class < per_class
+    if (split_k or keep is not None) and not has_domain:
         raise ValueError("This data set has no `domain_id` feature: a sketch/photo split of K or a domain "
                          "filter needs Sketchy-style records.")
-    sizes = [sketches_per_class, per_class - sketches_per_class] if parts == 2 else [per_class]
+    sizes = [sketches_per_class, per_class - sketches_per_class] if split_k else [per_class]
     counts = class_domain_counts(info, splits)
     eligible = []
     for c in info["classes"]:
         n = counts[c]
-        if parts == 2:
+        if split_k:
             eligible.append(n["sketch"] >= sizes[0] and n["photo"] >= sizes[1])
         else:
             eligible.append((n[DOMAINS[keep]] if keep is not None else n["sketch"] + n["photo"]) >= per_class)
     if sum(eligible) < classes_per_batch:
         raise ValueError(f"Only {sum(eligible)} classes of split {splits!r} have enough records for K={per_class}"
-                         f"{f' ({sizes[0]} sketches + {sizes[1]} photos)' if parts == 2 else ''}, "
+                         f"{f' ({sizes[0]} sketches + {sizes[1]} photos)' if split_k else ''}, "
                          f"but P (classes_per_batch) is {classes_per_batch}.")
-    return parts, sizes, keep, eligible
+    return sizes, keep, eligible
 
 
 def pk_serialized(data_dir: str | os.PathLike, split: str | Sequence[str] = "train",
                   classes_per_batch: int = _DEFAULTS.classes_per_batch, per_class: int = _DEFAULTS.per_class, *,
                   sketches_per_class: int = _DEFAULTS.sketches_per_class, domain: str | None = None,
                   seed: int | None = None, open_batches: int = _DEFAULTS.open_batches,
+                  chunk_size: int = _DEFAULTS.chunk_size, max_lead: int = _DEFAULTS.max_lead,
                   shuffle_buffer: int = _DEFAULTS.shuffle_buffer, cycle_length: int = 4,
                   repeat: bool = True) -> tf.data.Dataset:
     """P x K batches of serialized records: (keys [P*K], records [P*K]), sorted by key.
 
-    key = label * parts + part (part 0 sketches, 1 photos when K is split); so each class
+    key = label * parts + part (part 0 sketches, 1 photos when K is split), so each class
     block holds its sketches first. Classes with fewer than K records in the split are left
-    out. With `repeat=False` the stream ends after one pass over the records (a partial
-    batch at the end is dropped).
+    out. With `repeat=False` the stream ends after one pass over the records (what is still
+    carried or pending at the end is dropped).
     """
-    if open_batches < 1:
-        raise ValueError(f"Invalid value for argument `open_batches`: {open_batches}. Expected >= 1.")
+    for name, value in (("open_batches", open_batches), ("chunk_size", chunk_size), ("max_lead", max_lead)):
+        if value < 1:
+            raise ValueError(f"Invalid value for argument `{name}`: {value}. Expected >= 1.")
     info = tfrecords.read_dataset_info(data_dir)
     specs = tfrecords.feature_specs(info)
     has_domain = "domain_id" in specs
     files = split_files(data_dir, info, split)
-    parts, sizes, keep, eligible = _pk_plan(info, split, classes_per_batch, per_class, sketches_per_class,
-                                            domain, has_domain)
-    num_keys = len(info["classes"]) * parts
+    sizes, keep, eligible = _pk_plan(info, split, classes_per_batch, per_class, sketches_per_class, domain,
+                                     has_domain)
+    parts, num_classes = len(sizes), len(info["classes"])
     eligible_t = tf.constant(eligible, tf.bool)
-    sizes_t = tf.constant(sizes, tf.int64)
-    batch_records = classes_per_batch * per_class
+    key_spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    if has_domain:
+        key_spec["domain_id"] = tf.io.FixedLenFeature([], tf.int64)
 
-    ds = record_dataset(files, shuffle=True, seed=seed, cycle_length=cycle_length,
-                        shuffle_buffer=shuffle_buffer, repeat=repeat)
-    ds = ds.map(_key_parser(has_domain), num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    if keep is not None:
-        ds = ds.filter(lambda label, dom, rec: tf.equal(dom, keep))
-    ds = ds.filter(lambda label, dom, rec: tf.gather(eligible_t, label))
-    ds = ds.map(lambda label, dom, rec: (label * parts + (dom if parts == 2 else 0), rec))
-    ds = ds.group_by_window(
-        key_func=lambda key, rec: key,
-        reduce_func=lambda key, window: window.batch(tf.gather(sizes_t, key % parts), drop_remainder=True),
-        window_size_func=lambda key: tf.gather(sizes_t, key % parts))
-    ds = ds.map(lambda keys, recs: (keys[0], recs))
-    state, step = assign_batches(num_keys, parts, classes_per_batch, open_batches)
-    ds = ds.scan(state, step).filter(lambda batch_id, key, recs: batch_id >= 0)
+    def chunk_keys(records):
+        f = tf.io.parse_example(records, key_spec)
+        label, dom = f["label"], f.get("domain_id", tf.zeros_like(f["label"]))
+        wanted = tf.gather(eligible_t, label) & (True if keep is None else tf.equal(dom, keep))
+        key = label * parts + (dom if parts == 2 else 0)
+        return tf.boolean_mask(key, wanted), tf.boolean_mask(records, wanted)
 
-    def gather_batch(batch_id, windows):
-        flat = windows.flat_map(lambda b, key, recs: tf.data.Dataset.from_tensor_slices(
-            (tf.fill(tf.shape(recs), key), recs)))
-        return flat.batch(batch_records, drop_remainder=True)
+    seed_t = tf.constant(0 if seed is None else seed, tf.int64)
+    empty = (tf.zeros([0], tf.int64), tf.zeros([0], tf.string))
+    state = (empty, (tf.zeros([0, per_class], tf.int64), tf.zeros([0, per_class], tf.string)),
+             tf.constant(0, tf.int64))
 
-    ds = ds.group_by_window(key_func=lambda batch_id, key, recs: batch_id, reduce_func=gather_batch,
-                            window_size=classes_per_batch * parts)
+    def step(state, chunk):
+        carry, pending, counter = state
+        carry, (unit_keys, unit_records) = form_units(*carry, *chunk, sizes=sizes, num_classes=num_classes,
+                                                      max_lead=max_lead)
+        mix = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(unit_keys)[0]), seed=[seed_t, counter])
+        pending, batches = form_batches(*pending, tf.gather(unit_keys, mix), tf.gather(unit_records, mix),
+                                        classes_per_batch=classes_per_batch, num_classes=num_classes, parts=parts,
+                                        max_pending=open_batches * classes_per_batch)
+        return (carry, pending, counter + 1), batches
+
+    ds = record_dataset(files, shuffle=True, seed=seed, cycle_length=cycle_length, shuffle_buffer=shuffle_buffer,
+                        repeat=repeat)
+    ds = ds.batch(chunk_size).map(chunk_keys, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    ds = ds.scan(state, step).unbatch()
 
     def sort(keys, records):
         order = tf.argsort(keys, stable=True)
         return tf.gather(keys, order), tf.gather(records, order)
 
-    return ds.map(sort)
+    return ds.map(sort, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
 
 
 def _ids_of(features: dict[str, tf.Tensor], id_names: list[str]) -> dict[str, tf.Tensor]:
@@ -221,8 +260,9 @@ def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train"
                classes_per_batch: int = _DEFAULTS.classes_per_batch, per_class: int = _DEFAULTS.per_class, *,
                sketches_per_class: int = _DEFAULTS.sketches_per_class, domain: str | None = None,
                image_size: int | None = None, channels: int | None = None, seed: int | None = None,
-               open_batches: int = _DEFAULTS.open_batches, shuffle_buffer: int = _DEFAULTS.shuffle_buffer,
-               cycle_length: int = 4, repeat: bool = True, with_ids: bool = False) -> tf.data.Dataset:
+               open_batches: int = _DEFAULTS.open_batches, chunk_size: int = _DEFAULTS.chunk_size,
+               shuffle_buffer: int = _DEFAULTS.shuffle_buffer, cycle_length: int = 4, repeat: bool = True,
+               with_ids: bool = False) -> tf.data.Dataset:
     """Class-balanced batches (image float32 [P*K, H, W, C] in [0, 1], label int32 [P*K]).
 
     Each batch holds P = `classes_per_batch` distinct classes with K = `per_class` records
@@ -234,8 +274,8 @@ def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train"
     specs = tfrecords.feature_specs(info)
     id_names = _id_names(info, specs) if with_ids else []
     ds = pk_serialized(data_dir, split, classes_per_batch, per_class, sketches_per_class=sketches_per_class,
-                       domain=domain, seed=seed, open_batches=open_batches, shuffle_buffer=shuffle_buffer,
-                       cycle_length=cycle_length, repeat=repeat)
+                       domain=domain, seed=seed, open_batches=open_batches, chunk_size=chunk_size,
+                       shuffle_buffer=shuffle_buffer, cycle_length=cycle_length, repeat=repeat)
 
     def parse(keys, records):
         features = parse_batch(records, specs, ["image", "label", *id_names])

@@ -139,45 +139,78 @@ def test_query_gallery_sketches_against_photos(data):
     assert images.shape == (16, SIZE, SIZE, 1) and meta["label"].dtype == tf.int32
 
 
-def reference_assign(keys: list[int], parts: int, P: int, slots: int) -> list[int]:
-    """The batch-assignment policy as a plain loop: the oldest open batch that lacks the key and
-    holds its class or fewer than P classes takes the window; -1 when none can."""
-    open_batches = [{"id": i, "keys": set()} for i in range(slots)]
-    next_id, out = slots, []
-    for key in keys:
-        label = key // parts
-        fits = [b for b in open_batches if key not in b["keys"] and
-                (any(k // parts == label for k in b["keys"]) or len({k // parts for k in b["keys"]}) < P)]
-        if not fits:
-            out.append(-1)
-            continue
-        batch = min(fits, key=lambda b: b["id"])
-        out.append(batch["id"])
-        batch["keys"].add(key)
-        if len(batch["keys"]) == P * parts:
-            batch["id"], batch["keys"], next_id = next_id, set(), next_id + 1
-    return out
+def reference_units(carry, chunk, sizes, num_classes, max_lead):
+    """form_units as plain loops over (key, record) lists."""
+    parts, items = len(sizes), carry + chunk
+    by_key = collections.defaultdict(list)
+    for key, record in items:
+        by_key[key].append(record)
+    units = []
+    per_class = [min(len(by_key[c * parts + p]) // sizes[p] for p in range(parts)) for c in range(num_classes)]
+    for c in range(num_classes):
+        for j in range(per_class[c]):
+            unit = []
+            for p in range(parts):
+                unit += [(c * parts + p, r) for r in by_key[c * parts + p][j * sizes[p]:(j + 1) * sizes[p]]]
+            units.append(unit)
+    seen, new_carry = collections.Counter(), []
+    for key, record in items:
+        used = per_class[key // parts] * sizes[key % parts]
+        if used <= seen[key] < used + max_lead * sizes[key % parts]:
+            new_carry.append((key, record))
+        seen[key] += 1
+    return new_carry, units
 
 
-@pytest.mark.parametrize("parts", [1, 2])
-def test_batch_assignment_matches_the_reference_and_keeps_classes_distinct(parts):
+def reference_batches(pending, units, P, parts, max_pending):
+    """form_batches as plain loops over lists of units."""
+    items, seen, levels = pending + units, collections.Counter(), []
+    for unit in items:
+        levels.append(seen[unit[0][0] // parts])
+        seen[unit[0][0] // parts] += 1
+    order = sorted(range(len(items)), key=lambda i: (levels[i], i))
+    batches, rest = [], []
+    for level in sorted(set(levels)):
+        members = [i for i in order if levels[i] == level]
+        full = len(members) // P * P
+        batches += [sum((items[i] for i in members[b:b + P]), []) for b in range(0, full, P)]
+        rest += members[full:]
+    return [items[i] for i in rest[:max_pending]], batches
+
+
+def _as_units(keys, records):
+    return [list(zip(k.tolist(), (r.decode() for r in rs))) for k, rs in zip(keys.numpy(), records.numpy())]
+
+
+@pytest.mark.parametrize("sizes", [[3], [2, 1]])
+def test_units_and_batches_match_plain_loops_on_imbalanced_classes(sizes):
     rng = np.random.default_rng(0)
-    classes, P, slots = 7, 3, 2
-    weights = np.arange(1, classes * parts + 1, dtype=float)  # strongly imbalanced keys
-    keys = rng.choice(classes * parts, size=400, p=weights / weights.sum()).tolist()
-    state, step = mp.assign_batches(classes * parts, parts, P, slots)
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(keys, tf.int64), tf.zeros([len(keys), 1], tf.string)))
-    got = [int(b) for b, _, _ in ds.scan(state, step).as_numpy_iterator()]
-    assert got == reference_assign(keys, parts, P, slots)
-    batches = collections.defaultdict(list)
-    for key, batch_id in zip(keys, got):
-        if batch_id >= 0:
-            batches[batch_id].append(key)
-    complete = [b for b in batches.values() if len(b) == P * parts]
-    assert len(complete) >= 20 and len(batches) - len(complete) <= slots, "only open batches are incomplete"
-    for b in complete:
-        labels = collections.Counter(k // parts for k in b)
-        assert len(labels) == P and set(labels.values()) == {parts} and len(set(b)) == len(b)
+    classes, parts, P, max_lead, max_pending = 6, len(sizes), 3, 2, 5
+    weights = np.arange(1, classes * parts + 1, dtype=float)  # strongly imbalanced keys (and domains)
+    carry_tf = (tf.zeros([0], tf.int64), tf.zeros([0], tf.string))
+    pending_tf = (tf.zeros([0, sum(sizes)], tf.int64), tf.zeros([0, sum(sizes)], tf.string))
+    carry, pending, emitted = [], [], 0
+    for step in range(6):
+        keys = rng.choice(classes * parts, size=40, p=weights / weights.sum()).tolist()
+        chunk = [(k, f"r{step}-{i}") for i, k in enumerate(keys)]
+        carry, units = reference_units(carry, chunk, sizes, classes, max_lead)
+        carry_tf, units_tf = mp.form_units(*carry_tf, tf.constant(keys, tf.int64), tf.constant([r for _, r in chunk]),
+                                           sizes=sizes, num_classes=classes, max_lead=max_lead)
+        assert list(zip(carry_tf[0].numpy().tolist(), (r.decode() for r in carry_tf[1].numpy()))) == carry
+        assert _as_units(*units_tf) == units
+        assert len(carry) <= classes * parts * max_lead * max(sizes), "carry is bounded"
+        pending, batches = reference_batches(pending, units, P, parts, max_pending)
+        pending_tf, batches_tf = mp.form_batches(*pending_tf, *units_tf, classes_per_batch=P, num_classes=classes,
+                                                 parts=parts, max_pending=max_pending)
+        assert _as_units(*pending_tf) == pending and len(pending) <= max_pending
+        assert _as_units(*batches_tf) == batches
+        for batch in batches:
+            per_class = collections.Counter(k // parts for k, _ in batch)
+            assert len(per_class) == P and set(per_class.values()) == {sum(sizes)}
+            if parts == 2:
+                assert collections.Counter(k % 2 for k, _ in batch) == {0: P * sizes[0], 1: P * sizes[1]}
+        emitted += len(batches)
+    assert emitted >= 10
 
 
 def test_arguments_are_checked(data):
