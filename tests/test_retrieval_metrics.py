@@ -508,3 +508,31 @@ def test_real_sketchy_sketch_to_photo_with_instances(sketchy_dir):
         assert report[f"instance_accuracy@{k}"] == pytest.approx(ref[f"instance_accuracy@{k}"])
     for i, ap in list(ref["aps"].items())[:20]:
         assert ap == pytest.approx(average_precision_score(gl == ql[i], -d[i]), abs=1e-12)
+
+
+def test_float32_rounding_ties_at_scale_follow_the_tie_rule():
+    """At a few thousand items, float32 ranking values collide often; the engine's ranks must be
+    those of a plain sort of its own values by (value, gallery index)."""
+    from retrieval.ranking import Ranker
+
+    rng = np.random.default_rng(16)
+    x, y = clustered(rng, 3000, 256, 10, spread=0.3)
+    x += np.float32(20.0)  # a common offset: large norms, coarse float32 values, many collisions
+    ranker = Ranker(x, y, None, None, metric="l2", backend="numpy", threads=2)
+    rows = np.sort(rng.choice(3000, 60, replace=False))
+    block = ranker.rank_block(rows, top_k=5)
+    values, _ = ranker._float_distances(rows)
+    collisions = tied_relevant = 0
+    for b, i in enumerate(rows):
+        order = sorted(range(3000), key=lambda j: (values[b, j], j))[:-1]  # itself (+inf) last
+        expected = [r + 1 for r, j in enumerate(order) if y[j] == y[i]]
+        got = block.ranks[block.offsets[b]:block.offsets[b + 1]].tolist()
+        assert got == expected, i
+        assert block.top[b].tolist() == order[:5]
+        collisions += len(values[b]) - len(np.unique(values[b]))
+        same = y == y[i]
+        same[i] = False
+        other = ~same
+        other[i] = False
+        tied_relevant += len(np.intersect1d(values[b, same], values[b, other]))
+    assert collisions > 1000 and tied_relevant > 50  # rounding ties, many between relevant and not
