@@ -226,13 +226,18 @@ class Ranker:
 
     def _sort_rows(self, values: np.ndarray) -> np.ndarray:
         """A sorted copy of each row (NumPy's SIMD sort), rows split over the worker threads."""
-        out = values.copy()
+        out = np.empty_like(values)
         pool = _pool(self.threads)
+
+        def sort(a: int, b: int) -> None:
+            out[a:b] = values[a:b]
+            out[a:b].sort(axis=1)
+
         if pool is None or len(values) < 2 * self.threads:
-            out.sort(axis=1)
+            sort(0, len(values))
             return out
         bounds = np.linspace(0, len(values), self.threads + 1).astype(int)
-        list(pool.map(lambda ab: out[ab[0]:ab[1]].sort(axis=1), zip(bounds[:-1], bounds[1:])))
+        list(pool.map(sort, bounds[:-1], bounds[1:]))
         return out
 
     def _rank_float(self, query_index, top_k, targets) -> BlockRanks:
