@@ -16,6 +16,8 @@ got 25 distinct 32-bit codes.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 
@@ -27,7 +29,7 @@ BITS = (16, 32, 64, 128)
 
 def check_bits(model: str, bits) -> None:
     """Raise ValueError unless `bits` is one of BITS."""
-    if isinstance(bits, bool) or bits not in BITS:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in BITS:
         raise ValueError(
             f"Invalid value for argument `bits` of model {model!r}. Received: {bits!r}. Expected one of: "
             f"{', '.join(map(str, BITS))}."
