@@ -223,6 +223,58 @@ class EmbeddingConfig:
     margin_start: float = field(0.0, "deephash: margin at step 0 when margin_ramp_steps > 0 (0 <= margin_start <= margin).")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`python train_sketch_net.py`: what to run, on which data set, into which folder, with which recipe.
+
+    The model is ModelConfig's (`-model`, `-image_size`, `-channels`, ...), the global batch size
+    PipelineConfig's `-batch_size`, augmentation AugmentConfig's. Override order: these defaults,
+    then the `-preset` (training/presets.py), then flags given on the command line.
+    """
+
+    mode: str = field("train", "train: fit (resumes from <model_dir>/checkpoints); evaluate: loss, top-1/top-5, "
+                      "confusion matrix; test: features and retrieval mAP; export: SavedModel and .keras.",
+                      choices=("train", "evaluate", "test", "export"))
+    preset: str = field("", "Named recipe (training/presets.py: original, default, demo, smoke) applied over "
+                        "these defaults; command-line flags still win. Empty: no preset.")
+    data_path: str = field(DATA_PATH, "Built data set (dataset_info.json and shards), from `python -m "
+                           "data_prep.quickdraw build` or `make demo`.")
+    model_dir: str = field("./runs/sketch", "Folder of the run: train_config.json, checkpoints/, logs/ "
+                           "(TensorBoard), train_history.json, curves, best.keras, evaluate.json, export/.")
+    epochs: int = field(10, "Training epochs (an epoch is `steps_per_epoch` optimizer steps).")
+    steps_per_epoch: int = field(0, "Optimizer steps per epoch; 0: one pass over the train split, "
+                                 "ceil(examples / batch_size).")
+    learning_rate: float = field(1e-3, "Peak learning rate.")
+    lr_schedule: str = field("cosine", "constant, or cosine decay to 0 over all epochs (follows the optimizer "
+                             "step, so a resumed run continues the curve).", choices=("constant", "cosine"))
+    optimizer: str = field("adamw", "adam, adamw (decoupled weight decay) or sgd (momentum 0.9, Nesterov).",
+                           choices=("adam", "adamw", "sgd"))
+    weight_decay: float = field(0.05, "Decoupled weight decay of adamw and sgd: each step scales weights by "
+                                "(1 - learning_rate * weight_decay); batch-norm and bias weights are exempt. "
+                                "0 disables; adam ignores it.")
+    augment: bool = field(True, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
+                          "never at evaluation.")
+    mixed_precision: bool = field(False, "Compute in 16-bit floats, keep weights in float32: mixed_float16 "
+                                  "on GPU, mixed_bfloat16 on CPU.")
+    jit_compile: bool = field(False, "Compile the train and inference steps with XLA.")
+    strategy: str = field("auto", "auto: MultiWorkerMirroredStrategy when TF_CONFIG names several workers, "
+                          "else MirroredStrategy over all local GPUs (or over -cpu_devices logical CPUs), "
+                          "else one device; or force one of mirrored, one_device, multi_worker.",
+                          choices=("auto", "mirrored", "one_device", "multi_worker"))
+    cpu_devices: int = field(0, "Split the CPU into this many logical devices before TensorFlow starts "
+                             "(>= 2 lets MirroredStrategy run on a CPU-only machine); 0 or 1: leave it whole.")
+    ckpt: str = field("", "Weights to use. train: empty resumes from the latest checkpoint in "
+                      "<model_dir>/checkpoints if any; a .keras or .weights.h5 path starts from those weights "
+                      "instead. evaluate/test/export: empty or 'last' (latest checkpoint), 'best' "
+                      "(<model_dir>/best.keras), or a path.")
+    steps_per_checkpoint: int = field(0, "Also checkpoint every this many optimizer steps (0: at the end of "
+                                      "each epoch only).")
+    keep_checkpoints: int = field(3, "Checkpoints kept in <model_dir>/checkpoints (older ones are deleted).")
+    evaluate_train: bool = field(False, "evaluate: the train split too (in inference mode, no augmentation).")
+    seed: int = field(0, "Seed of the initial weights, the shuffling and the augmentation.")
+    verbose: int = field(1, "fit output: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,

@@ -1,0 +1,93 @@
+"""Train, evaluate, test and export sketch models.
+
+    python train_sketch_net.py -mode train -data_path data/quickdraw -model_dir runs/sknet [-model sknet]
+        [-preset original|default|demo|smoke] [-epochs 10] [-batch_size 256] [-learning_rate 1e-3]
+        [-optimizer adamw] [-augment] [-mixed_precision] [-strategy auto] [-cpu_devices 2]
+    python train_sketch_net.py -mode evaluate|test|export -model_dir runs/sknet [-ckpt last|best|PATH]
+
+train resumes from <model_dir>/checkpoints when it finds a checkpoint (Ctrl-C saves one; so does
+every epoch, and every -steps_per_checkpoint steps). evaluate writes evaluate.json and the confusion
+matrix; test writes features_test.npz and similarity.json (retrieval mAP of the `features` layer);
+export writes <model_dir>/export (SavedModel with serving endpoints, model.keras, model_meta.json).
+
+Flags are the fields of configuration_sketch's TrainConfig, ModelConfig, PipelineConfig and
+AugmentConfig (and those of any training task's configs). Override order: the dataclass defaults,
+then -preset, then the flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+import configuration_sketch as cs  # noqa: E402
+from data_prep.tfrecords import DatasetInfoError  # noqa: E402
+from retrieval.features import FeatureFileError  # noqa: E402
+from training import trainer  # noqa: E402
+from training.checkpoints import CheckpointError  # noqa: E402
+from training.export import ExportError  # noqa: E402
+from training.presets import PresetError  # noqa: E402
+from training.strategy import StrategyError  # noqa: E402
+
+FLAGS = flags.FLAGS
+# Errors whose message is the whole story: printed without a traceback.
+USER_ERRORS = (trainer.ToolError, StrategyError, PresetError, CheckpointError, DatasetInfoError, ExportError,
+               FeatureFileError)
+
+
+def define_flags() -> None:
+    """One flag per config field; declared key flags so that `-help` lists them."""
+    for cls in trainer.config_classes():
+        cs.define_flags(cls)
+        for field_name in cls.__dataclass_fields__:
+            flags.declare_key_flag(field_name)
+
+
+def command_line_values() -> dict:
+    """The flags given on the command line (not their defaults), by name."""
+    names = {name for cls in trainer.config_classes() for name in cls.__dataclass_fields__}
+    return {name: FLAGS[name].value for name in names if FLAGS[name].present}
+
+
+def summarize(mode: str, result: dict) -> str:
+    if mode == "train":
+        last = (result.get("history") or [{}])[-1]
+        parts = [f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                 if isinstance(last.get(k), float)]
+        return f"train: step {result['final_step']} of {result['total_steps']}" + (f"; {', '.join(parts)}" if parts else "")
+    if mode == "evaluate":
+        return (f"evaluate ({result['split']}, {result['num_examples']} images): loss {result['loss']:.4f}, "
+                f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f}")
+    if mode == "test":
+        return f"test: leave-one-out L2 mAP {result['map']:.4f} over {result['num_queries']} test images"
+    return f"export: {result['export_dir']}"
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        print(f"Unexpected arguments {list(argv[1:])}: every setting is a flag (-mode train, -model_dir DIR, ...); "
+              "see -help.", file=sys.stderr)
+        return trainer.EXIT_ERROR
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill saves a checkpoint like Ctrl-C
+    try:
+        configs, explicit = trainer.resolve(FLAGS.preset, command_line_values())
+        result = trainer.run_mode(configs, explicit)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", trainer.EXIT_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return trainer.EXIT_INTERRUPTED
+    print(summarize(FLAGS.mode, result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

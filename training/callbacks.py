@@ -1,0 +1,178 @@
+"""Keras callbacks of a training run: checkpoints, NaN stop, history and curves, best model.
+
+Under MultiWorkerMirroredStrategy every worker runs the same callbacks on the same (globally
+reduced) logs; only the chief writes files (`is_chief=False` turns the writers into no-ops), so
+workers never write the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+
+import keras
+import numpy as np
+
+from training import plots
+from training.checkpoints import CheckpointStore
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def optimizer_step(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The learning rate the optimizer applies at its current step (schedules included)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop at the first step whose loss is NaN or infinite, and remember which step it was.
+
+    The trainer turns `bad_step` into a clear error after fit returns; PeriodicCheckpoint does not
+    save non-finite states, so the last checkpoint on disk is the last good one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.bad_step: int | None = None
+        self.bad_value: float | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _finite(loss) and self.bad_step is None:
+            self.bad_step = optimizer_step(self.model)
+            self.bad_value = float(loss)
+            self.model.stop_training = True
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Checkpoint at the end of every epoch and every `every_steps` optimizer steps (0: epochs only).
+
+    A state whose running loss is not finite is never saved. `steps_per_epoch` turns a step
+    count into the epoch recorded in state.json.
+    """
+
+    def __init__(self, store: CheckpointStore, steps_per_epoch: int, every_steps: int = 0, is_chief: bool = True):
+        super().__init__()
+        if every_steps < 0:
+            raise ValueError(f"Invalid value for argument `steps_per_checkpoint`. Received: {every_steps}. "
+                             "Expected an integer >= 0.")
+        self.store = store
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.is_chief = is_chief
+        self.last_saved_step: int | None = None
+
+    def save(self, reason: str) -> None:
+        step = optimizer_step(self.model)
+        if not self.is_chief or step == self.last_saved_step:
+            return
+        self.store.save(self.model, epoch=step // self.steps_per_epoch, reason=reason)
+        self.last_saved_step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_steps and _finite((logs or {}).get("loss", 0.0)):
+            if optimizer_step(self.model) % self.every_steps == 0:
+                self.save("steps")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite((logs or {}).get("loss", 0.0)):
+            self.save("epoch")
+
+
+def load_history(path: str | os.PathLike) -> list[dict]:
+    """The per-epoch rows of a train_history.json ([] when absent)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text()).get("epochs", [])
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Append one row per epoch (logs, step, learning rate, seconds, images/s) to train_history.json
+    and redraw the curves PNG; rows of epochs redone after a resume replace the old ones."""
+
+    def __init__(self, json_path: str | os.PathLike, png_path: str | os.PathLike, *, batch_size: int,
+                 title: str = "", is_chief: bool = True):
+        super().__init__()
+        self.json_path = pathlib.Path(json_path)
+        self.png_path = pathlib.Path(png_path)
+        self.batch_size = batch_size
+        self.title = title
+        self.is_chief = is_chief
+        self.rows = load_history(self.json_path)
+        self._start = time.perf_counter()
+        self._start_step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._start_step = optimizer_step(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        step = optimizer_step(self.model)
+        row = {"epoch": epoch + 1, "step": step}
+        row.update({k: (float(v) if _finite(v) else None) for k, v in (logs or {}).items()
+                    if np.ndim(v) == 0 and k != "learning_rate"})
+        row["learning_rate"] = current_learning_rate(self.model)
+        row["seconds"] = round(seconds, 3)
+        row["images_per_second"] = round((step - self._start_step) * self.batch_size / max(seconds, 1e-9), 1)
+        self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
+        if self.is_chief:
+            tmp = self.json_path.with_name(f".{self.json_path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"epochs": self.rows}, indent=2) + "\n")
+            os.replace(tmp, self.json_path)
+            plots.plot_curves(self.rows, self.png_path, self.title)
+
+
+class BestModelKeeper(keras.callbacks.Callback):
+    """Save the model to `path` (.keras) when `monitor` improves on the best value seen so far.
+
+    `best` carries the best value over from before a resume (see `best_in_history`).
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str, mode: str, best: float | None = None,
+                 is_chief: bool = True):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"Invalid value for argument `mode`. Received: {mode!r}. Expected 'min' or 'max'.")
+        self.path = pathlib.Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = best
+        self.is_chief = is_chief
+
+    def improved(self, value) -> bool:
+        if not _finite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if self.improved(value) and _finite((logs or {}).get("loss", 0.0)):
+            self.best = float(value)
+            if self.is_chief:
+                tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
+                self.model.save(tmp)
+                os.replace(tmp, self.path)
+
+
+def best_in_history(rows: list[dict], monitor: str, mode: str) -> float | None:
+    """The best finite value of `monitor` among recorded epochs (None when there is none)."""
+    values = [row[monitor] for row in rows if _finite(row.get(monitor))]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)

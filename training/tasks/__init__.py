@@ -1,0 +1,166 @@
+"""Training tasks: what a family of models trains on, with which loss and metrics, and how it is judged.
+
+`train_sketch_net.py` knows no model family: it asks `task_for_model(name)` for the Task that
+trains model `name` and calls its methods. A Task provides
+
+    config_classes   extra config dataclasses whose fields become flags (beyond Train/Model/Pipeline/Augment)
+    check            input checks before anything is built (clear errors)
+    build_model      the Keras model for the run (built under the strategy scope by the trainer)
+    compile_args     loss and metrics for model.compile
+    callbacks        extra fit callbacks (e.g. a loss's margin schedule)
+    train_dataset    the repeating, shuffled (augmented) training stream
+    validation_dataset   what fit validates on each epoch (the test split), or None
+    validation_steps     its number of batches (known counts keep workers in step)
+    monitor          the log key and direction that picks the best model
+    evaluate         -mode evaluate: metrics dict for evaluate.json (and its figures)
+    test             -mode test: features file and the retrieval metrics dict for similarity.json
+    export           -mode export: the serving SavedModel and .keras file
+
+Adding a family (issue 5: siamese, triplet, deephash) is one new module with a Task subclass
+registered here with `register_task`; the tool and the trainer do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything a task needs about a run: its configs (by class), the data set's info, its folder."""
+
+    configs: Mapping[type, Any]
+    info: dict
+    model_dir: pathlib.Path
+
+    def config(self, cls: type):
+        try:
+            return self.configs[cls]
+        except KeyError:
+            raise KeyError(f"this run has no {cls.__name__}; the task must list it in config_classes") from None
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.configs[TrainConfig]
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.configs[ModelConfig]
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        return self.configs[PipelineConfig]
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return self.configs[AugmentConfig]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.info["classes"]]
+
+    @property
+    def data_path(self) -> str:
+        return self.train.data_path
+
+    def num_examples(self, split: str) -> int:
+        return int(self.info["splits"].get(split, {}).get("num_examples", 0))
+
+
+class Task:
+    """Base of the training tasks; subclasses set the class attributes and implement the methods."""
+
+    name: str = ""
+    models: tuple[str, ...] = ()
+    config_classes: tuple[type, ...] = ()
+    monitor: tuple[str, str] = ("val_loss", "min")
+    train_split: str = "train"
+    test_split: str = "test"
+
+    def check(self, run: Run) -> None:
+        """Raise ValueError with a clear message for settings this task cannot train with."""
+
+    def build_model(self, run: Run) -> keras.Model:
+        raise NotImplementedError
+
+    def compile_args(self, run: Run) -> dict:
+        raise NotImplementedError
+
+    def callbacks(self, run: Run, model: keras.Model) -> list[keras.callbacks.Callback]:
+        return []
+
+    def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
+        raise NotImplementedError
+
+    def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
+        return None
+
+    def validation_steps(self, run: Run) -> int | None:
+        """Batches in the validation dataset (None: run it to its end)."""
+        return None
+
+    def evaluate(self, run: Run, model: keras.Model) -> dict:
+        raise NotImplementedError
+
+    def test(self, run: Run, model: keras.Model) -> dict:
+        raise NotImplementedError
+
+    def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
+        raise NotImplementedError
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Register `task` under its name; a name or a model claimed twice is an error."""
+    if not task.name or not task.models:
+        raise ValueError(f"Task {type(task).__name__} needs a name and at least one model name.")
+    if task.name in _TASKS:
+        raise ValueError(f"Task name {task.name!r} is already registered by {type(_TASKS[task.name]).__name__}.")
+    for other in _TASKS.values():
+        shared = set(other.models) & set(task.models)
+        if shared:
+            raise ValueError(f"Models {sorted(shared)} are already trained by task {other.name!r}.")
+    _TASKS[task.name] = task
+    return task
+
+
+def tasks() -> list[Task]:
+    return list(_TASKS.values())
+
+
+def trainable_models() -> list[str]:
+    """Model names some registered task trains, sorted."""
+    return sorted(m for task in _TASKS.values() for m in task.models)
+
+
+def task_for_model(model: str) -> Task:
+    """The task that trains `model`; ValueError listing the models that can be trained."""
+    for task in _TASKS.values():
+        if model in task.models:
+            return task
+    import models as model_registry
+
+    registered = model_registry.model_names()
+    if model in registered:
+        raise ValueError(f"Model {model!r} is registered, but no training task trains it yet. "
+                         f"Trainable models: {', '.join(trainable_models())}.")
+    raise ValueError(f"Unknown model {model!r}. Valid: {', '.join(trainable_models())}.")
+
+
+def _register_builtin() -> None:
+    from training.tasks.classification import ClassificationTask
+
+    register_task(ClassificationTask())
+
+
+_register_builtin()

@@ -1,0 +1,109 @@
+"""Classification: skNet, skResNet and Sketch-a-Net trained with softmax cross-entropy on labelled images.
+
+- evaluate: loss, top-1 and top-5 accuracy, per-class accuracy, the most confused pairs and a
+  confusion-matrix PNG for the test split (and the train split with -evaluate_train).
+- test: the `features` layer (penultimate, 1024 wide for skNet) of every test image to
+  features_test.npz, and the leave-one-out retrieval metrics of retrieval.metrics.evaluate
+  (L2; key `map`) for similarity.json, the original tool's meaning of "test".
+- export: training.export.export_model, kind 'classifier' (classify and embed endpoints).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import models
+from data_prep.pipeline import load_split
+from retrieval import metrics as retrieval_metrics
+from training import evaluation, export, plots
+from training.augment import build_augmenter
+from training.tasks import Run, Task
+
+FEATURES_LAYER = "features"
+RETRIEVAL_K = (1, 10, 100)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    models = ("sknet", "skresnet", "sketch_a_net")
+    monitor = ("val_accuracy", "max")
+
+    def build_model(self, run: Run) -> keras.Model:
+        return models.build_from_config(run.model, num_classes=len(run.class_names))
+
+    def compile_args(self, run: Run) -> dict:
+        top_k = min(5, len(run.class_names))
+        return {
+            "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                        keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name="top5_accuracy")],
+        }
+
+    def _split(self, run: Run, split: str, **kwargs) -> tf.data.Dataset:
+        pipeline = run.pipeline
+        return load_split(run.data_path, split, pipeline.batch_size, image_size=run.model.image_size,
+                          channels=run.model.channels, cycle_length=pipeline.cycle_length, **kwargs)
+
+    def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
+        ds = self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
+                         shuffle_buffer=run.pipeline.shuffle_buffer)
+        if run.train.augment:
+            augmenter = build_augmenter(run.augment)
+            ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
+        if run.num_examples(self.test_split) == 0:
+            return None
+        return self._split(run, self.test_split)
+
+    def validation_steps(self, run: Run) -> int | None:
+        return math.ceil(run.num_examples(self.test_split) / run.pipeline.batch_size) or None
+
+    def _evaluate_split(self, run: Run, model: keras.Model, split: str) -> dict:
+        out = evaluation.run_inference(model, self._split(run, split), ("output",), run.train.jit_compile)
+        logits, labels = out["output"], out["labels"]
+        names = run.class_names
+        if logits.shape[1] != len(names):
+            raise ValueError(f"the model has {logits.shape[1]} outputs but the data set at {run.data_path!r} "
+                             f"has {len(names)} classes.")
+        result = evaluation.classification_metrics(logits, labels, k=5)
+        matrix = evaluation.confusion(labels, np.argmax(logits, axis=1), len(names))
+        png = run.model_dir / f"confusion_{split}.png"
+        plots.plot_confusion(matrix, names, png, title=f"{run.model.model}, {split} split: top-1 "
+                             f"{result['top1_accuracy']:.3f} on {len(labels)} images")
+        np.savetxt(run.model_dir / f"confusion_{split}.csv", matrix, fmt="%d", delimiter=",",
+                   header=",".join(names), comments="")
+        result["per_class_accuracy"] = evaluation.per_class_accuracy(matrix, names)
+        result["most_confused"] = evaluation.most_confused(matrix, names)
+        result["confusion_matrix_png"] = png.name
+        result["confusion_matrix_csv"] = f"confusion_{split}.csv"
+        return result
+
+    def evaluate(self, run: Run, model: keras.Model) -> dict:
+        result = {"split": self.test_split, **self._evaluate_split(run, model, self.test_split)}
+        if run.train.evaluate_train:
+            result[self.train_split] = self._evaluate_split(run, model, self.train_split)
+        return result
+
+    def test(self, run: Run, model: keras.Model) -> dict:
+        ds = self._split(run, self.test_split, with_key_ids=True)
+        out = evaluation.run_inference(model, ds, (FEATURES_LAYER,), run.train.jit_compile)
+        features, labels, key_ids = out[FEATURES_LAYER], out["labels"], out["key_ids"]
+        path = run.model_dir / f"features_{self.test_split}.npz"
+        np.savez_compressed(path, features=features, labels=labels, key_ids=key_ids, ids=key_ids,
+                            class_names=np.asarray(run.class_names, dtype=str))
+        report = retrieval_metrics.evaluate(features, labels, query_ids=key_ids, metric="l2", k=RETRIEVAL_K)
+        report["features_file"] = path.name
+        report["features_layer"] = FEATURES_LAYER
+        return report
+
+    def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
+        return export.export_model(model, export_dir, class_names=run.class_names,
+                                   image_size=run.model.image_size, channels=run.model.channels,
+                                   kind="classifier", raster=run.info.get("raster"), features_layer=FEATURES_LAYER)

@@ -1,0 +1,461 @@
+"""The four modes of train_sketch_net.py: train, evaluate, test, export.
+
+`prepare_run` turns configs into a checked Run (data set found and matching, model trainable),
+`train` fits under the chosen strategy with checkpoints and automatic resume, `evaluate`, `test`
+and `export` load the run's weights and hand them to the model's Task. Every failure a user can
+cause raises a ToolError subclass (or a ValueError) whose message says what to do; the CLI prints
+it without a traceback.
+
+Resume: the optimizer's step counter, saved in every checkpoint, is the position of the run.
+After a restart at step s with S steps per epoch, training finishes epoch s // S with the
+S - s % S steps it still owed, then runs the remaining epochs, so an interruption (Ctrl-C,
+SIGTERM, kill -9, a crash) costs at most the steps since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+from data_prep import tfrecords
+from training import callbacks as cb
+from training import presets, tasks
+from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built
+from training.strategy import StrategyInfo, make_strategy
+
+BASE_CONFIGS = (TrainConfig, ModelConfig, PipelineConfig, AugmentConfig)
+RUN_CONFIG_FILE = "train_config.json"
+HISTORY_FILE = "train_history.json"
+CURVES_FILE = "training_curves.png"
+BEST_FILE = "best.keras"
+EVALUATE_FILE = "evaluate.json"
+SIMILARITY_FILE = "similarity.json"
+EXPORT_DIR = "export"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+# Fields a run's weights depend on: taken from the saved run by evaluate/test/export, and refused
+# when a resumed training asks for other values.
+SHAPING_CLASSES = (ModelConfig,)
+# Exit statuses of the CLI.
+EXIT_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+class ToolError(Exception):
+    """A failure with a message for the user; `exit_code` is the CLI's status."""
+
+    exit_code = EXIT_ERROR
+
+
+class TrainingDiverged(ToolError):
+    exit_code = EXIT_DIVERGED
+
+
+class TrainingInterrupted(ToolError):
+    exit_code = EXIT_INTERRUPTED
+
+
+def config_classes() -> tuple[type, ...]:
+    """Every config class whose fields are flags of the tool: the base ones, then each task's."""
+    classes = list(BASE_CONFIGS)
+    for task in tasks.tasks():
+        classes.extend(c for c in task.config_classes if c not in classes)
+    return tuple(classes)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def saved_configs(model_dir: str | os.PathLike) -> dict[str, dict] | None:
+    """The configs saved by a previous training in `model_dir` (by class name), or None."""
+    path = pathlib.Path(model_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["configs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ToolError(f"{str(path)!r} is damaged ({e}); it records the run's configuration.") from None
+
+
+def _differences(current: dict, saved: dict) -> list[str]:
+    return [f"-{k} {current[k]!r} (the run has {saved[k]!r})" for k in current if k in saved and current[k] != saved[k]]
+
+
+def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str, dict], mode: str
+                ) -> dict[type, Any]:
+    """Configs for a run already in model_dir.
+
+    train (resume): the given configs, refused when a weight-shaping field differs from the saved run.
+    evaluate/test/export: the saved run's configs, with the fields given on the command line on top;
+    a weight-shaping field given with another value is refused.
+    """
+    merged = {}
+    for cls, config in configs.items():
+        stored = saved.get(cls.__name__)
+        if stored is None:
+            merged[cls] = config
+            continue
+        names = {f.name for f in dataclasses.fields(cls)}
+        stored = {k: v for k, v in stored.items() if k in names}
+        current = dataclasses.asdict(config)
+        if cls in SHAPING_CLASSES:
+            asked = current if mode == "train" else {k: v for k, v in current.items() if k in explicit}
+            if mode == "train":
+                asked = {k: v for k, v in asked.items() if k in explicit or k not in ("image_size", "channels")}
+            wrong = _differences(asked, stored)
+            if wrong:
+                raise ToolError(f"The run in this model_dir was trained with other model settings: {'; '.join(wrong)}. "
+                                "Use another -model_dir for a new model, or drop these flags.")
+        if mode == "train":
+            merged[cls] = config
+        else:
+            values = {**stored, **{k: v for k, v in current.items() if k in explicit}}
+            merged[cls] = cls(**values)
+    return merged
+
+
+def adapt_to_data(model_config: ModelConfig, info: dict, explicit: set[str], data_path: str) -> ModelConfig:
+    """Take image size and channels from the data set unless chosen; refuse a chosen value that differs."""
+    image = info.get("image") or {}
+    height, width, channels = image.get("height"), image.get("width"), image.get("channels")
+    if height is None or channels is None:
+        raise ToolError(f"dataset_info.json of {data_path!r} does not describe its images (key 'image').")
+    if height != width:
+        raise ToolError(f"The data set at {data_path!r} holds {height}x{width} images; the models take square ones.")
+    values = {}
+    for name, stored, hint in (
+        ("image_size", height, f"build one at that size (`python -m data_prep.quickdraw build ... "
+                               f"--image_size {model_config.image_size}`)"),
+        ("channels", channels, "build one with the matching channels (--time_channels gives 3)"),
+    ):
+        asked = getattr(model_config, name)
+        if name in explicit and asked != stored:
+            raise ToolError(f"-{name} {asked} does not match the data set at {data_path!r}, which holds "
+                            f"{height}x{width}x{channels} images: pass -{name} {stored} (or leave it out), or "
+                            f"{hint}.")
+        values[name] = stored
+    return dataclasses.replace(model_config, **values)
+
+
+def read_info(data_path: str) -> dict:
+    """dataset_info.json of `data_path`, refused when missing or with an empty train split."""
+    try:
+        info = tfrecords.read_dataset_info(data_path)
+    except tfrecords.DatasetInfoError as e:
+        raise ToolError(f"-data_path {data_path!r}: {e}") from None
+    if not info.get("classes"):
+        raise ToolError(f"The data set at {data_path!r} has no classes; rebuild it with at least one category.")
+    return info
+
+
+def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.Run, tasks.Task]:
+    """Check the configs against model_dir and the data set; returns the Run and its Task."""
+    train = configs[TrainConfig]
+    model_dir = pathlib.Path(train.model_dir)
+    saved = saved_configs(model_dir)
+    if train.mode != "train" and saved is None:
+        raise ToolError(f"-model_dir {str(model_dir)!r} holds no trained run ({RUN_CONFIG_FILE} missing): "
+                        "train first with -mode train, or point -model_dir at a run folder.")
+    configs = merge_saved(configs, explicit, saved, train.mode) if saved else dict(configs)
+    train = configs[TrainConfig]
+    try:
+        task = tasks.task_for_model(configs[ModelConfig].model)
+    except ValueError as e:
+        raise ToolError(f"-model: {e}") from None
+    info = read_info(train.data_path)
+    if train.mode == "train" and int(info["splits"].get(task.train_split, {}).get("num_examples", 0)) == 0:
+        raise ToolError(f"The {task.train_split!r} split of the data set at {train.data_path!r} is empty; "
+                        "rebuild it with --train_per_class > 0.")
+    # A saved run's image size and channels are fixed: the data must match them.
+    fixed = explicit if train.mode == "train" else {"image_size", "channels"}
+    configs[ModelConfig] = adapt_to_data(configs[ModelConfig], info, fixed, train.data_path)
+    for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size)):
+        if value < 1:
+            raise ToolError(f"Invalid value for -{name}: {value}. Expected an integer >= 1.")
+    if train.steps_per_epoch < 0 or train.steps_per_checkpoint < 0:
+        raise ToolError("-steps_per_epoch and -steps_per_checkpoint must be >= 0.")
+    if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
+        raise ToolError(f"Invalid value for -learning_rate: {train.learning_rate}. Expected a finite number > 0.")
+    run = tasks.Run(configs=configs, info=info, model_dir=model_dir)
+    try:
+        task.check(run)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
+    if saved and train.mode == "train":
+        saved_classes = (json.loads((model_dir / RUN_CONFIG_FILE).read_text()).get("dataset") or {}).get("classes")
+        if saved_classes is not None and saved_classes != run.class_names:
+            raise ToolError(f"The run in {str(model_dir)!r} was trained on {len(saved_classes)} other classes than the "
+                            f"{len(run.class_names)} of {train.data_path!r}; use another -model_dir.")
+    return run, task
+
+
+def save_run_config(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> None:
+    record = {
+        "configs": {cls.__name__: dataclasses.asdict(config) for cls, config in run.configs.items()},
+        "task": task.name,
+        "dataset": {"path": str(run.data_path), "classes": run.class_names, "image": run.info.get("image"),
+                    "splits": {k: v.get("num_examples") for k, v in run.info["splits"].items()}},
+        "strategy": strategy.describe(),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    path = run.model_dir / RUN_CONFIG_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- training
+
+
+def set_precision(mixed: bool) -> str:
+    """Set Keras' global dtype policy: mixed_float16 on GPU, mixed_bfloat16 on CPU, else float32."""
+    if not mixed:
+        policy = "float32"
+    else:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def make_optimizer(train: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer of the recipe, with its learning-rate schedule over `total_steps`."""
+    rate: Any = train.learning_rate
+    if train.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=max(1, total_steps), alpha=0.0)
+    decay = train.weight_decay if train.weight_decay > 0 else None
+    if train.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(rate)
+    elif train.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=decay or 0.0)
+    elif train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+    else:
+        raise ToolError(f"Invalid value for -optimizer: {train.optimizer!r}. Expected adam, adamw or sgd.")
+    if decay and train.optimizer != "adam":
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def steps_per_epoch(run: tasks.Run, task: tasks.Task) -> int:
+    if run.train.steps_per_epoch:
+        return run.train.steps_per_epoch
+    return max(1, math.ceil(run.num_examples(task.train_split) / run.pipeline.batch_size))
+
+
+def _fit_segments(step: int, per_epoch: int, epochs: int) -> list[tuple[int, int]]:
+    """(initial_epoch, steps in the first epoch) of the fit calls that finish a run now at `step`."""
+    epoch, done = divmod(step, per_epoch)
+    if epoch >= epochs:
+        return []
+    if done:
+        segments = [(epoch, per_epoch - done)]
+        if epoch + 1 < epochs:
+            segments.append((epoch + 1, per_epoch))
+        return segments
+    return [(epoch, per_epoch)]
+
+
+def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str:
+    """Resume from the latest checkpoint, else load -ckpt weights, else keep the fresh ones."""
+    state = store.latest()
+    if state is not None:
+        store.restore(model, state)
+        note = f"resuming from {state.file} (step {state.step}, epoch {state.epoch})"
+        return note + (f"; -ckpt {ckpt!r} ignored: the run already has checkpoints" if ckpt else "")
+    if ckpt:
+        path = pathlib.Path(ckpt)
+        if not path.is_file():
+            raise ToolError(f"-ckpt {ckpt!r} is not a file (a .keras or .weights.h5 file to start from).")
+        try:
+            if path.name.endswith(".keras"):
+                model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+            else:
+                model.load_weights(path)
+        except (OSError, ValueError) as e:
+            raise ToolError(f"-ckpt {ckpt!r} does not fit this model: {e}") from None
+        return f"starting from the weights of {ckpt}"
+    return "starting from fresh weights"
+
+
+def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
+    """Fit the run's model (resuming when it has checkpoints); returns a summary dict."""
+    config = run.train
+    keras.utils.set_random_seed(config.seed)
+    policy = set_precision(config.mixed_precision)
+    run.model_dir.mkdir(parents=True, exist_ok=True)
+    if strategy.is_chief:
+        save_run_config(run, task, strategy)
+    per_epoch = steps_per_epoch(run, task)
+    total = config.epochs * per_epoch
+    store = CheckpointStore(run.model_dir / CHECKPOINT_DIR, keep=config.keep_checkpoints)
+    with strategy.strategy.scope():
+        model = task.build_model(run)
+        model.compile(optimizer=make_optimizer(config, total), jit_compile=config.jit_compile, **task.compile_args(run))
+        ensure_optimizer_built(model)
+        try:
+            start_note = _start_weights(model, store, config.ckpt)
+        except CheckpointError as e:
+            raise ToolError(str(e)) from None
+    step = cb.optimizer_step(model)
+    batch = run.pipeline.batch_size
+    _log(f"strategy: {strategy.describe()}; precision: {policy}")
+    _log(f"data: {run.num_examples(task.train_split)} train / {run.num_examples(task.test_split)} test images of "
+         f"{run.model.image_size}x{run.model.image_size}x{run.model.channels}, {len(run.class_names)} classes "
+         f"({run.data_path})")
+    _log(f"model: {run.model.model}, {model.count_params():,} parameters; global batch {batch} "
+         f"({batch / strategy.replicas:g} per replica), {per_epoch} steps per epoch, {config.epochs} epochs; "
+         f"{start_note}")
+    segments = _fit_segments(step, per_epoch, config.epochs)
+    summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total,
+               "start_step": step, "strategy": strategy.describe(), "precision": policy}
+    if not segments:
+        _log(f"training already complete: step {step} of {total}")
+        summary.update(final_step=step, history=cb.load_history(run.model_dir / HISTORY_FILE))
+        return summary
+
+    monitor, mode = task.monitor
+    history_path = run.model_dir / HISTORY_FILE
+    nan_guard = cb.NanGuard()
+    checkpointer = cb.PeriodicCheckpoint(store, per_epoch, config.steps_per_checkpoint, strategy.is_chief)
+    recorder = cb.HistoryRecorder(history_path, run.model_dir / CURVES_FILE, batch_size=batch,
+                                  title=f"{run.model.model} on {pathlib.Path(run.data_path).name}",
+                                  is_chief=strategy.is_chief)
+    keeper = cb.BestModelKeeper(run.model_dir / BEST_FILE, monitor, mode,
+                                best=cb.best_in_history(recorder.rows, monitor, mode), is_chief=strategy.is_chief)
+    callbacks = [nan_guard, checkpointer, recorder, keeper, *task.callbacks(run, model)]
+    if strategy.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.model_dir / LOG_DIR), update_freq="epoch",
+                                                     write_graph=False, profile_batch=0))
+    train_data = task.train_dataset(run, seed=config.seed + step)
+    validation = task.validation_dataset(run)
+    if validation is not None and strategy.num_workers > 1:
+        # Every worker reads the whole split and keeps its share of each batch: the same number of
+        # steps on every worker (file sharding could give them different counts).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        validation = validation.with_options(options)
+    started = time.perf_counter()
+    try:
+        for initial_epoch, steps in segments:
+            model.fit(train_data, epochs=initial_epoch + 1 if steps != per_epoch else config.epochs,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=validation,
+                      validation_steps=task.validation_steps(run) if validation is not None else None,
+                      callbacks=callbacks, verbose=config.verbose, shuffle=False)
+            if nan_guard.bad_step is not None:
+                break
+    except KeyboardInterrupt:
+        step = cb.optimizer_step(model)
+        if strategy.is_chief and nan_guard.bad_step is None:
+            store.save(model, epoch=step // per_epoch, reason="interrupt")
+        raise TrainingInterrupted(
+            f"Interrupted at step {step} (epoch {step // per_epoch + 1} of {config.epochs}); checkpoint saved in "
+            f"{store.directory}. Run the same command again to resume.") from None
+    if nan_guard.bad_step is not None:
+        last = store.latest()
+        kept = f"the last good checkpoint is {last.file} (step {last.step})" if last else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"The loss became {nan_guard.bad_value} at step {nan_guard.bad_step}; training stopped and {kept} in "
+            f"{store.directory}. Lower -learning_rate (now {config.learning_rate}), or check the data.")
+    final_step = cb.optimizer_step(model)
+    _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; history in {history_path}")
+    summary.update(final_step=final_step, history=recorder.rows)
+    return summary
+
+
+# ---------------------------------------------------------------- evaluate, test, export
+
+
+def load_weights_for(run: tasks.Run, task: tasks.Task) -> tuple[keras.Model, str]:
+    """The run's model with the weights -ckpt names ('' or 'last', 'best', or a path)."""
+    ckpt = run.train.ckpt or "last"
+    set_precision(run.train.mixed_precision)
+    if ckpt == "best":
+        path = run.model_dir / BEST_FILE
+        if not path.is_file():
+            raise ToolError(f"-ckpt best: {str(path)!r} does not exist (it is written when validation improves).")
+        return keras.models.load_model(path, compile=False), str(path)
+    model = task.build_model(run)
+    if ckpt == "last":
+        store = CheckpointStore(run.model_dir / CHECKPOINT_DIR)
+        try:
+            state = store.restore(model)
+        except CheckpointError as e:
+            raise ToolError(str(e)) from None
+        if state is None:
+            raise ToolError(f"No checkpoint in {str(store.directory)!r}: train first (-mode train), or pass "
+                            "-ckpt best or -ckpt PATH.")
+        return model, str(store.directory / state.file)
+    path = pathlib.Path(ckpt)
+    if not path.is_file():
+        raise ToolError(f"-ckpt {ckpt!r}: no such file (expected 'last', 'best', or a .keras / .weights.h5 path).")
+    try:
+        if path.name.endswith(".keras"):
+            return keras.models.load_model(path, compile=False), str(path)
+        model.load_weights(path)
+    except (OSError, ValueError) as e:
+        raise ToolError(f"-ckpt {ckpt!r} does not fit the run's model: {e}") from None
+    return model, str(path)
+
+
+def _write_json(path: pathlib.Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(run: tasks.Run, task: tasks.Task) -> dict:
+    """-mode evaluate: the task's metrics, written to <model_dir>/evaluate.json."""
+    model, source = load_weights_for(run, task)
+    result = {**task.evaluate(run, model), "checkpoint": source, "data_path": run.data_path}
+    _write_json(run.model_dir / EVALUATE_FILE, result)
+    return result
+
+
+def test(run: tasks.Run, task: tasks.Task) -> dict:
+    """-mode test: features and retrieval metrics, written to <model_dir>/similarity.json."""
+    model, source = load_weights_for(run, task)
+    result = {**task.test(run, model), "checkpoint": source, "data_path": run.data_path}
+    _write_json(run.model_dir / SIMILARITY_FILE, result)
+    return result
+
+
+def export(run: tasks.Run, task: tasks.Task) -> dict:
+    """-mode export: SavedModel, .keras file and model_meta.json in <model_dir>/export."""
+    model, source = load_weights_for(run, task)
+    meta = task.export(run, model, run.model_dir / EXPORT_DIR)
+    return {**meta, "checkpoint": source, "export_dir": str(run.model_dir / EXPORT_DIR)}
+
+
+MODES = {"evaluate": evaluate, "test": test, "export": export}
+
+
+def run_mode(configs: Mapping[type, Any], explicit: set[str]) -> dict:
+    """Run the mode of TrainConfig: check everything, build the strategy (train), run."""
+    run, task = prepare_run(configs, explicit)  # reads JSON only: TensorFlow's runtime has not started
+    if run.train.mode == "train":
+        # Logical CPU devices must be set before the runtime starts, so the strategy comes first.
+        return train(run, task, make_strategy(run.train.strategy, run.train.cpu_devices))
+    return MODES[run.train.mode](run, task)
+
+
+def resolve(preset: str, command_line: Mapping[str, Any]) -> tuple[dict[type, Any], set[str]]:
+    """Configs of the tool from a preset name and the flags given on the command line."""
+    try:
+        return presets.resolve_configs(config_classes(), preset, command_line)
+    except (presets.PresetError, TypeError, ValueError) as e:
+        raise ToolError(str(e)) from None
