@@ -60,13 +60,10 @@ def validate_features(features, labels, ids=None, *, name: str = "features", bin
     if len(labels) != len(features):
         raise FeatureFileError(
             f"`{name}` has {len(features)} items but its labels have {len(labels)}; they must match.")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(
-                labels == np.round(labels)):
-            pass
-        else:
-            raise FeatureFileError(
-                f"labels of `{name}` must be integers. Received dtype {labels.dtype}.")
+    integral_floats = (np.issubdtype(labels.dtype, np.floating) and bool(np.all(np.isfinite(labels)))
+                       and bool(np.all(labels == np.round(labels))))
+    if not (np.issubdtype(labels.dtype, np.integer) or integral_floats):
+        raise FeatureFileError(f"labels of `{name}` must be integers. Received dtype {labels.dtype}.")
     labels = labels.astype(np.int64)
     if binary:
         if features.dtype != np.uint8:
@@ -123,11 +120,8 @@ def load_features(path: str | os.PathLike, *, binary: bool = False) -> FeatureSe
             arrays = {k: archive[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in archive.files}
         except ValueError as err:  # object arrays: refused without allow_pickle
             raise FeatureFileError(f"{str(path)!r}: {err} (object arrays are not read).") from None
-    try:
-        features, labels, ids = validate_features(
-            arrays["features"], arrays["labels"], arrays.get("ids"), name=str(path), binary=binary)
-    except FeatureFileError as err:
-        raise FeatureFileError(f"{err}") from None
+    features, labels, ids = validate_features(
+        arrays["features"], arrays["labels"], arrays.get("ids"), name=str(path), binary=binary)
     class_names = arrays.get("class_names")
     if class_names is not None:
         class_names = [str(c) for c in np.asarray(class_names).reshape(-1)]

@@ -203,8 +203,9 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
                 f"allow at least {fixed + per_row:,} bytes.")
     block_rows = int(max(1, min(block_rows, nq)))
 
-    # Queries grouped by label, so that each block holds few classes.
-    order = np.argsort(query_labels, kind="stable")
+    # One block: items in order (leave-one-out then takes the symmetric product x @ x.T);
+    # several: queries grouped by label, so that each block holds few classes.
+    order = np.arange(nq) if block_rows >= nq else np.argsort(query_labels, kind="stable")
     per_query: dict[str, np.ndarray] = {}
     num_relevant = np.zeros(nq, np.int64)
     target_rank = np.zeros(nq, np.int64)

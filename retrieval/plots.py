@@ -15,8 +15,8 @@ from retrieval.ranking import hamming_distances  # noqa: E402
 _CORRECT, _WRONG = "#1a9850", "#d73027"
 
 
-def _subsample(n: int, max_points: int, labels: np.ndarray, seed: int) -> np.ndarray:
-    """Indices of at most `max_points` items, drawn per class in proportion (seeded)."""
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    """Indices of at most `max_points` items, drawn uniformly without replacement (seeded)."""
     if n <= max_points:
         return np.arange(n)
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def plot_embedding(features, labels, out_path, *, method: str = "tsne", class_na
                    max_points: int = 2000, seed: int = 0, title: str | None = None) -> str:
     """Scatter of the features projected to 2-D, coloured by class; returns the file written."""
     labels = np.asarray(labels)
-    keep = _subsample(len(labels), max_points, labels, seed)
+    keep = _subsample(len(labels), max_points, seed)
     xy = project(np.asarray(features)[keep], method, seed)
     lab = labels[keep]
     classes = np.unique(lab)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -193,9 +192,9 @@ class Ranker:
         """Ranking values (B, G) float32: |g|^2 - 2 q.g for L2, -cos for cosine; the query itself
         +inf in leave-one-out mode (and, on the TensorFlow backend, the rows already sorted).
 
-        Scaling q by -2 (or -1) before the product is exact, so it costs no pass over (B, G).
-        (Computing only the tiles on one side of the diagonal in leave-one-out mode was tried:
-        OpenBLAS spends more CPU on the smaller tiles and the mirror copies than it saves.)
+        Scaling q by -2 (or -1) before the product is exact, so it costs no pass over (B, G). A
+        leave-one-out block of every item in order is x @ x.T, which NumPy hands to BLAS syrk
+        (one triangle, mirrored); tiling the triangle by hand cost more than it saved.
         """
         scale = np.float32(-2.0) if self._g_sq is not None else np.float32(-1.0)
         if self.backend == "tensorflow":
@@ -210,7 +209,12 @@ class Ranker:
                         values, idx, tf.fill([len(query_index)], np.float32(np.inf)))
                 ordered = tf.sort(values, axis=1)
             return values.numpy(), ordered.numpy()
-        values = np.matmul(self._q[query_index] * scale, self._g.T)
+        if self.leave_one_out and len(query_index) == len(self._g) and np.array_equal(
+                query_index, np.arange(len(self._g))):
+            values = self._g @ self._g.T  # NumPy computes x @ x.T with BLAS syrk: ~40% less work
+            values *= scale
+        else:
+            values = np.matmul(self._q[query_index] * scale, self._g.T)
         if self._g_sq is not None:
             values += self._g_sq[None, :]
         if self.leave_one_out:
@@ -351,17 +355,6 @@ def _normalise(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"cosine distance is undefined for zero vectors: {name} rows "
                          f"{zero[:5].tolist()} ({len(zero)} in all) are all zeros.")
     return (x / norms).astype(np.float32)
-
-
-def _segments(labels: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """(start, stop, label) of each run of equal labels."""
-    if len(labels) == 0:
-        return
-    cuts = np.flatnonzero(labels[1:] != labels[:-1]) + 1
-    starts = np.concatenate([[0], cuts])
-    stops = np.concatenate([cuts, [len(labels)]])
-    for a, b in zip(starts.tolist(), stops.tolist()):
-        yield a, b, labels[a]
 
 
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
