@@ -40,11 +40,16 @@ CLASSES = 100
 
 
 def make_features(n: int, dim: int = DIM, classes: int = CLASSES, seed: int = 0):
+    """N x dim float32 features around 100 class centres (filled in chunks: no N x dim temporaries)."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % classes
     rng.shuffle(labels)
     centres = rng.standard_normal((classes, dim)).astype(np.float32) * 0.25
-    features = centres[labels] + rng.standard_normal((n, dim), dtype=np.float32)
+    features = np.empty((n, dim), np.float32)
+    for a in range(0, n, 8192):
+        b = min(a + 8192, n)
+        features[a:b] = rng.standard_normal((b - a, dim), dtype=np.float32)
+        features[a:b] += centres[labels[a:b]]
     return features, labels
 
 
