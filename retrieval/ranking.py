@@ -31,7 +31,7 @@ BACKENDS = ("auto", "numpy", "tensorflow")
 TIE_RULE = ("equal distances are ordered by gallery index, lowest first (a stable sort, as in the "
             "original tool)")
 # Bytes held per (query, gallery item) pair while a block is ranked, peak, by path.
-PAIR_BYTES = {"float": 24, "hamming": 32}
+PAIR_BYTES = {"float": 24, "hamming": 40}
 _MAX_HAMMING_BITS = 0xFFFE
 _FLOAT32_SAFE = 1e37  # squared norms above this could overflow a float32 distance
 
@@ -244,6 +244,21 @@ class Ranker:
         list(pool.map(sort, bounds[:-1], bounds[1:]))
         return out
 
+    def _argsort_rows(self, distances: np.ndarray) -> np.ndarray:
+        """Stable argsort of each row (radix sort for these small integers), rows over threads."""
+        out = np.empty(distances.shape, np.int64)
+        pool = _pool(self.threads)
+
+        def argsort(a: int, b: int) -> None:
+            out[a:b] = np.argsort(distances[a:b], axis=1, kind="stable")
+
+        if pool is None or len(distances) < 2 * self.threads:
+            argsort(0, len(distances))
+            return out
+        bounds = np.linspace(0, len(distances), self.threads + 1).astype(int)
+        list(pool.map(argsort, bounds[:-1], bounds[1:]))
+        return out
+
     def _rank_float(self, query_index, top_k, targets) -> BlockRanks:
         values, ordered = self._float_distances(query_index)
         if ordered is None:
@@ -317,7 +332,7 @@ class Ranker:
             distances = distances.astype(self._dtype)
         if self.leave_one_out:
             distances[np.arange(len(query_index)), query_index] = np.iinfo(self._dtype).max
-        order = np.argsort(distances, axis=1, kind="stable")
+        order = self._argsort_rows(distances)
         labels = self.query_labels[query_index]
         relevant = self.gallery_labels[order] == labels[:, None]
         if self.leave_one_out:
