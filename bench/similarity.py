@@ -167,7 +167,7 @@ def main() -> None:
                           ("numpy_full_sort_s", "speedup_vs_full_sort")):
             if key in row:
                 row[name] = row[key] / t_ours
-                row[name + "_cpu"] = row[key.replace("_s", "_cpu_s")] / row["evaluate_cpu_s"]
+                row[name + "_cpu"] = row[key[:-2] + "_cpu_s"] / row["evaluate_cpu_s"]
         results["sizes"][n] = row
 
         def f(key, fmt="{:>10.3f}"):
