@@ -115,6 +115,8 @@ def knn_predictions(neighbour_labels: np.ndarray, k: int) -> np.ndarray:
     """Majority label of each row's first `k` neighbour labels; ties go to the label whose
     nearest member comes first."""
     top = np.asarray(neighbour_labels)[:, :k]
+    if top.shape[1] == 1:
+        return top[:, 0].copy()
     num = len(top)
     order = np.argsort(top, axis=1, kind="stable")  # groups labels, nearest member first
     grouped = np.take_along_axis(top, order, axis=1)

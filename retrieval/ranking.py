@@ -412,7 +412,7 @@ def _top_k(values: np.ndarray, ordered: np.ndarray, top_k: int) -> tuple[np.ndar
     if top_k == 0:
         return np.zeros((num, 0), np.int64), np.zeros((num, 0), np.float32)
     threshold = ordered[:, top_k - 1]
-    rows, cols = np.nonzero(values <= threshold[:, None])
+    rows, cols = np.divmod(np.flatnonzero(values <= threshold[:, None]), values.shape[1])  # faster than 2-D nonzero
     composite = sortable_keys(values[rows, cols]).astype(np.uint64) << np.uint64(32)
     composite |= cols.astype(np.uint64)
     if len(rows) == num * top_k:  # no tie at the threshold: exactly top_k candidates a row
