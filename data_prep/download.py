@@ -93,7 +93,9 @@ def _content_length(response: requests.Response) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def _finish(part: pathlib.Path, dest: pathlib.Path, url: str, total: int | None, expected_size: int | None) -> pathlib.Path:
+def _finish(
+    part: pathlib.Path, dest: pathlib.Path, url: str, total: int | None, expected_size: int | None
+) -> pathlib.Path:
     """Check the .part against the announced and expected sizes, then move it into place."""
     size = part.stat().st_size
     if total is not None and size != total:

@@ -146,7 +146,8 @@ def test_cut_transfer_keeps_part_then_resumes_with_range(server, real_bytes, tmp
     server.mode, server.cuts_left = "cut", 1
     dest = tmp_path / "eiffel.ndjson"
     part = tmp_path / "eiffel.ndjson.part"
-    with pytest.raises(dl.DownloadError, match=r"connection broken after \d+ bytes of \d+.*run again to resume") as info:
+    broken = r"connection broken after \d+ bytes of \d+.*run again to resume"
+    with pytest.raises(dl.DownloadError, match=broken) as info:
         dl.download_file(_url(server), dest, progress=False, timeout=TIMEOUT)
     assert "127.0.0.1" in str(info.value)
     assert not dest.exists()
@@ -193,7 +194,8 @@ def test_404_names_the_url(server, tmp_path):
 def test_size_mismatch_is_an_error_and_keeps_the_part(server, real_bytes, tmp_path):
     dest = tmp_path / "eiffel.ndjson"
     part = tmp_path / "eiffel.ndjson.part"
-    with pytest.raises(dl.DownloadError, match=f"size mismatch, server announces {len(real_bytes)} bytes but expected 123"):
+    announced = f"size mismatch, server announces {len(real_bytes)} bytes but expected 123"
+    with pytest.raises(dl.DownloadError, match=announced):
         dl.download_file(_url(server), dest, progress=False, expected_size=123, timeout=TIMEOUT)
     assert not dest.exists() and not part.exists()
     # No Content-Length announced: the received size is checked against the caller's expectation.
