@@ -68,19 +68,6 @@ def _domain_id(domain: str) -> int:
     return DOMAINS.index(domain)
 
 
-def _key_parser(has_domain: bool):
-    """serialized record -> (label, domain_id, record), parsing only those two features."""
-    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
-    if has_domain:
-        spec["domain_id"] = tf.io.FixedLenFeature([], tf.int64)
-
-    def parse(record):
-        f = tf.io.parse_single_example(record, spec)
-        return f["label"], f.get("domain_id", tf.constant(0, tf.int64)), record
-
-    return parse
-
-
 def _ranks(keys: tf.Tensor, num_keys: int) -> tf.Tensor:
     """For each element, how many earlier elements share its key (0 for the first)."""
     order = tf.argsort(keys, stable=True)
@@ -226,25 +213,33 @@ def pk_serialized(data_dir: str | os.PathLike, split: str | Sequence[str] = "tra
              tf.constant(0, tf.int64))
 
     def step(state, chunk):
-        carry, pending, counter = state
-        carry, (unit_keys, unit_records) = form_units(*carry, *chunk, sizes=sizes, num_classes=num_classes,
-                                                      max_lead=max_lead)
+        """form_units and form_batches move int64 indices into one pool of the step's records;
+        the (large) serialized records are gathered once for the batches and once for what waits."""
+        (carry_keys, carry_records), (pending_keys, pending_records), counter = state
+        chunk_keys, chunk_records = chunk
+        pool = tf.concat([tf.reshape(pending_records, [-1]), carry_records, chunk_records], 0)
+        n_pending, n_carry = tf.size(pending_keys, out_type=tf.int64), tf.size(carry_keys, out_type=tf.int64)
+        pending_index = tf.reshape(tf.range(n_pending), tf.shape(pending_keys, out_type=tf.int64))
+        carry_index = n_pending + tf.range(n_carry)
+        chunk_index = n_pending + n_carry + tf.range(tf.size(chunk_keys, out_type=tf.int64))
+        (carry_keys, carry_index), (unit_keys, unit_index) = form_units(
+            carry_keys, carry_index, chunk_keys, chunk_index, sizes=sizes, num_classes=num_classes, max_lead=max_lead)
         mix = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(unit_keys)[0]), seed=[seed_t, counter])
-        pending, batches = form_batches(*pending, tf.gather(unit_keys, mix), tf.gather(unit_records, mix),
-                                        classes_per_batch=classes_per_batch, num_classes=num_classes, parts=parts,
-                                        max_pending=open_batches * classes_per_batch)
-        return (carry, pending, counter + 1), batches
+        (pending_keys, pending_index), (batch_keys, batch_index) = form_batches(
+            pending_keys, pending_index, tf.gather(unit_keys, mix), tf.gather(unit_index, mix),
+            classes_per_batch=classes_per_batch, num_classes=num_classes, parts=parts,
+            max_pending=open_batches * classes_per_batch)
+        order = tf.argsort(batch_keys, axis=1, stable=True)  # class blocks, sketches first
+        batch_keys = tf.gather(batch_keys, order, batch_dims=1)
+        batch_index = tf.gather(batch_index, order, batch_dims=1)
+        state = ((carry_keys, tf.gather(pool, carry_index)), (pending_keys, tf.gather(pool, pending_index)),
+                 counter + 1)
+        return state, (batch_keys, tf.gather(pool, batch_index))
 
     ds = record_dataset(files, shuffle=True, seed=seed, cycle_length=cycle_length, shuffle_buffer=shuffle_buffer,
                         repeat=repeat)
     ds = ds.batch(chunk_size).map(chunk_keys, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    ds = ds.scan(state, step).unbatch()
-
-    def sort(keys, records):
-        order = tf.argsort(keys, stable=True)
-        return tf.gather(keys, order), tf.gather(records, order)
-
-    return ds.map(sort, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    return ds.scan(state, step).unbatch()
 
 
 def _ids_of(features: dict[str, tf.Tensor], id_names: list[str]) -> dict[str, tf.Tensor]:
@@ -362,9 +357,10 @@ def domain_dataset(data_dir: str | os.PathLike, split: str | Sequence[str], doma
     ds = record_dataset(split_files(data_dir, info, split), shuffle=False, seed=None, cycle_length=1,
                         shuffle_buffer=0, repeat=False)
     if domain is not None:
-        wanted = _domain_id(domain)
-        parse_key = _key_parser(True)
-        ds = ds.filter(lambda rec: tf.equal(parse_key(rec)[1], wanted))
+        wanted, spec = _domain_id(domain), {"domain_id": tf.io.FixedLenFeature([], tf.int64)}
+        ds = ds.batch(1024).map(
+            lambda recs: tf.boolean_mask(recs, tf.equal(tf.io.parse_example(recs, spec)["domain_id"], wanted)),
+            num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
     ds = ds.batch(batch_size)
 
     def parse(records):
