@@ -132,14 +132,22 @@ def peak_rss(n: int, budget: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,5000,20000")
+    parser.add_argument("--sizes", default="1000,5000,20000", help="'' with --rss_n: only the memory run")
     parser.add_argument("--original_max", type=int, default=5000)
     parser.add_argument("--full_sort_max", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss_n", type=int, default=0, help="also measure peak RSS at this N (0: skip)")
     parser.add_argument("--budget", default="3GiB")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if not sizes:  # --sizes '': only the memory run, added to the last results
+        results = json.loads((RESULTS / "similarity.json").read_text())
+        rss = peak_rss(args.rss_n, args.budget)
+        results["peak_rss"] = {"n": args.rss_n, "budget": args.budget, **rss}
+        print(f"N = {args.rss_n}: {rss['seconds']:.1f} s, peak RSS {rss['peak_rss_bytes'] / 2**30:.2f} GiB "
+              f"(budget {args.budget}; blocks of {rss['timing']['block_rows']}), mAP {rss['map']:.4f}")
+        (RESULTS / "similarity.json").write_text(json.dumps(results, indent=2))
+        return
     results = {"machine": describe_machine(), "dim": DIM, "classes": CLASSES, "threads": os.cpu_count(),
                "load_average_at_start": os.getloadavg(), "sizes": {}}
     print(f"{results['machine']}; load average {os.getloadavg()[0]:.1f} (other processes share the cores)")
