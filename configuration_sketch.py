@@ -272,6 +272,9 @@ class TrainConfig:
     keep_checkpoints: int = field(3, "Checkpoints kept in <model_dir>/checkpoints (older ones are deleted).")
     evaluate_train: bool = field(False, "evaluate: the train split too (in inference mode, no augmentation).")
     seed: int = field(0, "Seed of the initial weights, the shuffling and the augmentation.")
+    deterministic: bool = field(False, "Reproduce a run exactly for a given seed "
+                                "(tf.config.experimental.enable_op_determinism: the input pipeline keeps its "
+                                "order, random augmentation runs serially; slower).")
     verbose: int = field(1, "fit output: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 

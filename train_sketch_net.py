@@ -18,13 +18,12 @@ then -preset, then the flags given on the command line.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 import configuration_sketch as cs  # noqa: E402
 from data_prep.tfrecords import DatasetInfoError  # noqa: E402
@@ -74,7 +73,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"Unexpected arguments {list(argv[1:])}: every setting is a flag (-mode train, -model_dir DIR, ...); "
               "see -help.", file=sys.stderr)
         return trainer.EXIT_ERROR
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill saves a checkpoint like Ctrl-C
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (strategy, export) are noise here
     try:
         configs, explicit = trainer.resolve(FLAGS.preset, command_line_values())
         result = trainer.run_mode(configs, explicit)

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 
 import keras
@@ -29,6 +31,11 @@ def _finite(value) -> bool:
 
 def optimizer_step(model: keras.Model) -> int:
     return int(model.optimizer.iterations.numpy())
+
+
+def weights_finite(model: keras.Model) -> bool:
+    """True when no weight of `model` is NaN or infinite (a diverged step can poison them silently)."""
+    return all(np.isfinite(w).all() for w in model.get_weights())
 
 
 def current_learning_rate(model: keras.Model) -> float:
@@ -56,6 +63,52 @@ class NanGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StopRequested(Exception):
+    """Raised between two steps after SIGINT (Ctrl-C) or SIGTERM; the trainer checkpoints and exits."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class GracefulStop(keras.callbacks.Callback):
+    """Turn Ctrl-C and SIGTERM into a clean stop at the end of the running step.
+
+    A signal only sets a flag; the next `on_train_batch_end` raises StopRequested, outside any
+    TensorFlow op, so the weights are those of a whole step. A second signal interrupts at once
+    (KeyboardInterrupt). Use as a context manager around fit: it installs and restores the handlers
+    (only in the main thread, where Python delivers signals).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        super().__init__()
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested is not None:
+            raise StopRequested(self.requested)
+
+
 class PeriodicCheckpoint(keras.callbacks.Callback):
     """Checkpoint at the end of every epoch and every `every_steps` optimizer steps (0: epochs only).
 
@@ -76,7 +129,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
     def save(self, reason: str) -> None:
         step = optimizer_step(self.model)
-        if not self.is_chief or step == self.last_saved_step:
+        if not self.is_chief or step == self.last_saved_step or not weights_finite(self.model):
             return
         self.store.save(self.model, epoch=step // self.steps_per_epoch, reason=reason)
         self.last_saved_step = step

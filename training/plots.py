@@ -40,7 +40,8 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     if has_lr:
         ax = axes[0][len(names)]
         ax.plot(epochs, [row.get("learning_rate") for row in history], "-o", markersize=3)

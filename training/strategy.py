@@ -47,16 +47,16 @@ class StrategyInfo:
 
 
 def split_cpu(count: int) -> list[str]:
-    """Make `count` logical CPU devices of the physical CPU; returns their names. 0 or 1: no change.
+    """Make `count` logical CPU devices of the physical CPU; returns their names. 0 or 1: no change ([]).
 
     Raises StrategyError when TensorFlow's runtime already started (the split must come first).
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise StrategyError(f"Invalid value for argument `cpu_devices`. Received: {count!r}. "
                             "Expected an integer >= 0.")
-    cpus = tf.config.list_physical_devices("CPU")
     if count <= 1:
-        return [d.name for d in tf.config.list_logical_devices("CPU")]
+        return []
+    cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError:
@@ -132,17 +132,18 @@ def make_strategy(requested: str = "auto", cpu_devices: int = 0, environ=os.envi
     """Split the CPU if asked, then build the strategy `choose_strategy` picks."""
     cluster, task_type, task_index = cluster_from_env(environ)
     workers = cluster_size(cluster)
-    split_cpu(cpu_devices)
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     name = choose_strategy(requested, num_gpus=num_gpus, cpu_devices=cpu_devices, num_workers=workers)
     if name == "multi_worker":
         from training import multi_worker_fix
 
         multi_worker_fix.apply()
+        # Created before anything else touches the runtime: collective ops are configured at startup.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        devices = tuple(local_devices(0)[:1] if num_gpus == 0 else local_devices(0))
+        devices = tuple(d.split("/")[-1] for d in strategy.extended.worker_devices)
         return StrategyInfo(strategy, name, devices, workers, is_chief_task(cluster, task_type, task_index),
                             task_index)
+    split_cpu(cpu_devices)
     devices = local_devices(cpu_devices)
     if name == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=devices)

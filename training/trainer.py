@@ -296,6 +296,8 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     """Fit the run's model (resuming when it has checkpoints); returns a summary dict."""
     config = run.train
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     policy = set_precision(config.mixed_precision)
     run.model_dir.mkdir(parents=True, exist_ok=True)
     if strategy.is_chief:
@@ -321,6 +323,8 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
          f"({batch / strategy.replicas:g} per replica), {per_epoch} steps per epoch, {config.epochs} epochs; "
          f"{start_note}")
     segments = _fit_segments(step, per_epoch, config.epochs)
+    if segments and segments[0][1] != per_epoch:
+        _log(f"finishing epoch {segments[0][0] + 1}: {segments[0][1]} of its {per_epoch} steps left")
     summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total,
                "start_step": step, "strategy": strategy.describe(), "precision": policy}
     if not segments:
@@ -337,7 +341,8 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
                                   is_chief=strategy.is_chief)
     keeper = cb.BestModelKeeper(run.model_dir / BEST_FILE, monitor, mode,
                                 best=cb.best_in_history(recorder.rows, monitor, mode), is_chief=strategy.is_chief)
-    callbacks = [nan_guard, checkpointer, recorder, keeper, *task.callbacks(run, model)]
+    stopper = cb.GracefulStop()
+    callbacks = [stopper, nan_guard, checkpointer, recorder, keeper, *task.callbacks(run, model)]
     if strategy.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.model_dir / LOG_DIR), update_freq="epoch",
                                                      write_graph=False, profile_batch=0))
@@ -351,20 +356,31 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
         validation = validation.with_options(options)
     started = time.perf_counter()
     try:
-        for initial_epoch, steps in segments:
-            model.fit(train_data, epochs=initial_epoch + 1 if steps != per_epoch else config.epochs,
-                      initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=validation,
-                      validation_steps=task.validation_steps(run) if validation is not None else None,
-                      callbacks=callbacks, verbose=config.verbose, shuffle=False)
-            if nan_guard.bad_step is not None:
-                break
-    except KeyboardInterrupt:
+        with stopper:
+            for initial_epoch, steps in segments:
+                model.fit(train_data, epochs=initial_epoch + 1 if steps != per_epoch else config.epochs,
+                          initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=validation,
+                          validation_steps=task.validation_steps(run) if validation is not None else None,
+                          callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                if nan_guard.bad_step is not None:
+                    break
+    except cb.StopRequested as stop:
         step = cb.optimizer_step(model)
-        if strategy.is_chief and nan_guard.bad_step is None:
-            store.save(model, epoch=step // per_epoch, reason="interrupt")
+        saved = strategy.is_chief and cb.weights_finite(model)
+        if saved:
+            store.save(model, epoch=step // per_epoch, reason=stop.signal_name)
+        last = store.latest()
+        where = f"checkpoint saved in {store.directory}" if saved else (
+            f"last checkpoint: {last.file} (step {last.step})" if last else "no checkpoint")
         raise TrainingInterrupted(
-            f"Interrupted at step {step} (epoch {step // per_epoch + 1} of {config.epochs}); checkpoint saved in "
-            f"{store.directory}. Run the same command again to resume.") from None
+            f"Stopped by {stop.signal_name} at step {step} (epoch {step // per_epoch + 1} of {config.epochs}); "
+            f"{where}. Run the same command again to resume.") from None
+    except KeyboardInterrupt:
+        last = store.latest()
+        raise TrainingInterrupted(
+            "Interrupted twice: stopped at once without a new checkpoint; "
+            + (f"the last one is {last.file} (step {last.step}). " if last else "there is none yet. ")
+            + "Run the same command again to resume.") from None
     if nan_guard.bad_step is not None:
         last = store.latest()
         kept = f"the last good checkpoint is {last.file} (step {last.step})" if last else "no checkpoint was written"
@@ -372,7 +388,8 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
             f"The loss became {nan_guard.bad_value} at step {nan_guard.bad_step}; training stopped and {kept} in "
             f"{store.directory}. Lower -learning_rate (now {config.learning_rate}), or check the data.")
     final_step = cb.optimizer_step(model)
-    _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; history in {history_path}")
+    written = f"history in {history_path}" if strategy.is_chief else "files written by the chief"
+    _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; {written}")
     summary.update(final_step=final_step, history=recorder.rows)
     return summary
 

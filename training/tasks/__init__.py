@@ -9,8 +9,8 @@ trains model `name` and calls its methods. A Task provides
     compile_args     loss and metrics for model.compile
     callbacks        extra fit callbacks (e.g. a loss's margin schedule)
     train_dataset    the repeating, shuffled (augmented) training stream
-    validation_dataset   what fit validates on each epoch (the test split), or None
-    validation_steps     its number of batches (known counts keep workers in step)
+    validation_dataset   what fit validates on each epoch (the test split, repeated), or None
+    validation_steps     its batches per pass: fit validates on exactly one pass each epoch
     monitor          the log key and direction that picks the best model
     evaluate         -mode evaluate: metrics dict for evaluate.json (and its figures)
     test             -mode test: features file and the retrieval metrics dict for similarity.json
@@ -104,7 +104,7 @@ class Task:
         return None
 
     def validation_steps(self, run: Run) -> int | None:
-        """Batches in the validation dataset (None: run it to its end)."""
+        """Batches in one pass over the (repeating) validation dataset."""
         return None
 
     def evaluate(self, run: Run, model: keras.Model) -> dict:

@@ -60,7 +60,9 @@ class ClassificationTask(Task):
     def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
         if run.num_examples(self.test_split) == 0:
             return None
-        return self._split(run, self.test_split)
+        # Repeated batches, `validation_steps` per epoch: one full pass each epoch (Keras keeps the
+        # validation iterator across epochs when the step count is given).
+        return self._split(run, self.test_split).repeat()
 
     def validation_steps(self, run: Run) -> int | None:
         return math.ceil(run.num_examples(self.test_split) / run.pipeline.batch_size) or None
