@@ -278,6 +278,17 @@ class TrainConfig:
     verbose: int = field(1, "fit output: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """`python -m data_prep.synthetic`: procedural doodles written as Quick, Draw! raw and simplified ndjson."""
+
+    out: str = field("./data/synthetic", "Output folder; files go to <out>/raw/ and <out>/simplified/.")
+    classes: str = field("", "Comma-separated shape names (see data_prep.synthetic.SHAPES); empty = all.")
+    per_class: int = field(600, "Drawings per class.")
+    seed: int = field(0, "Seed: the same seed writes the same bytes.")
+    workers: int = field(1, "Worker processes (one class each at a time); the bytes do not depend on it.")
+
+
 _DEFINERS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
