@@ -168,7 +168,8 @@ def rdp_keep(points: np.ndarray, lengths: np.ndarray, epsilon: float = EPSILON) 
 
     Each round splits every open chord of every stroke at once at its farthest point (the first
     one on ties) when that distance exceeds epsilon; a chord whose farthest point is within
-    epsilon is closed for good. Every interior point carries the ends (a, b) of its chord.
+    epsilon is closed for good. Open chords are kept as (a, b, number of interior points), their
+    interior points as one ascending index array, chord after chord.
     """
     keep = np.zeros(len(points), dtype=bool)
     if len(points) == 0:
@@ -179,19 +180,13 @@ def rdp_keep(points: np.ndarray, lengths: np.ndarray, epsilon: float = EPSILON) 
     keep[ends] = True
     x = np.ascontiguousarray(points[:, 0])
     y = np.ascontiguousarray(points[:, 1])
-    interior = np.maximum(lengths - 2, 0)
-    active = np.flatnonzero(~keep)  # interior points of open chords, ascending
-    a = np.repeat(starts, interior)
-    b = np.repeat(ends, interior)
-    while active.size:
-        first_of_chord = np.empty(active.size, dtype=bool)
-        first_of_chord[0] = True
-        np.not_equal(a[1:], a[:-1], out=first_of_chord[1:])
-        chord_start = np.flatnonzero(first_of_chord)
-        size = np.diff(chord_start, append=active.size)
-        ia, ib = a[chord_start], b[chord_start]
-        ax, ay = x[ia], y[ia]
-        dx, dy = x[ib] - ax, y[ib] - ay
+    size = np.maximum(lengths - 2, 0)
+    a, b, size = starts[size > 0], ends[size > 0], size[size > 0]
+    active = np.flatnonzero(~keep)
+    while a.size:
+        chord_start = _starts(size)
+        ax, ay = x[a], y[a]
+        dx, dy = x[b] - ax, y[b] - ay
         length = np.hypot(dx, dy)
         ox = x[active] - np.repeat(ax, size)
         oy = y[active] - np.repeat(ay, size)
@@ -209,16 +204,16 @@ def rdp_keep(points: np.ndarray, lengths: np.ndarray, epsilon: float = EPSILON) 
         hit_chord = np.searchsorted(chord_start, hits, side="right") - 1
         first_hit = hits[np.concatenate([[True], hit_chord[1:] != hit_chord[:-1]])]
         split = farthest > epsilon
-        new = first_hit[split]
-        keep[active[new]] = True
-        # New chord ends: the nearest kept point on each side (within a chord a < new < b).
-        left = a.copy()
-        left[new] = active[new]
-        right = b.copy()
-        right[new] = active[new]
-        a = np.maximum.accumulate(left)
-        b = np.minimum.accumulate(right[::-1])[::-1]
+        at = first_hit[split]
+        middle = active[at]
+        keep[middle] = True
         still_open = np.repeat(split, size)
-        still_open[new] = False
-        active, a, b = active[still_open], a[still_open], b[still_open]
+        still_open[at] = False
+        active = active[still_open]
+        # Each split chord (a, b) becomes (a, middle) and (middle, b); empty ones are dropped.
+        left = at - chord_start[split]
+        a = np.stack([a[split], middle], axis=1).ravel()
+        b = np.stack([middle, b[split]], axis=1).ravel()
+        size = np.stack([left, size[split] - left - 1], axis=1).ravel()
+        a, b, size = a[size > 0], b[size > 0], size[size > 0]
     return keep
