@@ -36,6 +36,7 @@ import gzip
 import json
 import os
 import pathlib
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from itertools import accumulate, chain
@@ -433,3 +434,90 @@ def source_files(source_dir: str | os.PathLike, fmt: str) -> dict[str, pathlib.P
 
 
 # =========================================================================== end of the readers
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: `python -m data_prep.quickdraw build|download ...` (thin: parse flags, call).
+
+USAGE = """usage:
+  python -m data_prep.quickdraw build --source DIR --format simplified|raw|bitmap|sketchrnn
+      --categories N|name,name|@file.txt --train_per_class N --test_per_class N --image_size N --out DIR
+      [--shards N] [--workers N] [--seed N] [--recognized_only] [--strict]
+  python -m data_prep.quickdraw download --categories name,name|@file.txt --format FORMAT --dest DIR
+      [--base_url URL]
+Run with --helpfull for every flag."""
+
+
+def _define_cli_flags() -> None:
+    from absl import flags
+
+    from configuration_sketch import QuickDrawBuildConfig, RasterConfig, define_flags
+
+    define_flags(QuickDrawBuildConfig)
+    define_flags(RasterConfig)
+    flags.DEFINE_string("dest", "data/source", "download: folder for the downloaded files.")
+    flags.DEFINE_string("base_url", None, "download: base URL (default: Google's bucket, or $QUICKDRAW_BASE_URL).")
+
+
+def _category_names(spec: str) -> list[str]:
+    """Names from 'a,b' or '@file.txt' (download needs names: there is no listing to count from)."""
+    if spec.startswith("@"):
+        path = pathlib.Path(spec[1:])
+        if not path.is_file():
+            raise ValueError(f"Category list file {str(path)!r} not found.")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if spec == "all" or spec.isdigit():
+        raise ValueError("download needs category names: --categories name,name or @categories.txt "
+                         "(the official list is categories.txt in Google's quickdraw-dataset repository).")
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def _build(FLAGS) -> int:
+    from configuration_sketch import QuickDrawBuildConfig, RasterConfig, from_flags
+    from data_prep import builder, quickdraw_build, tfrecords
+    from data_prep.skips import StrictModeError
+
+    if not FLAGS.source:
+        raise ValueError("--source is required: the folder holding one file per category.")
+    config = from_flags(QuickDrawBuildConfig)
+    try:
+        info = quickdraw_build.build(config, from_flags(RasterConfig))
+    except (builder.BuildError, StrictModeError, tfrecords.DatasetInfoError) as e:
+        raise ValueError(str(e)) from None
+    splits = ", ".join(f"{s['num_examples']} {split}" for split, s in info["splits"].items())
+    records = info["records"]
+    skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].items())
+    print(f"built {splits} records of {len(info['classes'])} classes in {config.out}; "
+          f"read {records['read']}, skipped {records['skipped']}" + (f" ({skipped})" if skipped else "")
+          + f", over quota {records['over_quota']}")
+    return 0
+
+
+def _download(FLAGS) -> int:
+    from data_prep.download import download_main
+
+    return download_main(_category_names(FLAGS.categories), FLAGS.format, FLAGS.dest, FLAGS.base_url)
+
+
+COMMANDS = {"build": _build, "download": _download}
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[1]](flags.FLAGS)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_cli_flags()
+    app.run(lambda argv: sys.exit(main(argv)))

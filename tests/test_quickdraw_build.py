@@ -1,0 +1,201 @@
+"""`python -m data_prep.quickdraw build`: real samples in every format to verified, sharded TFRecords."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import orjson
+import pytest
+import tensorflow as tf
+
+from configuration_sketch import QuickDrawBuildConfig, RasterConfig
+from data_prep import quickdraw, quickdraw_build, raster, tfrecords, verify
+from data_prep.pipeline import load_split, parse_batch
+from tests.conftest import ROOT
+
+CATEGORIES = "The Eiffel Tower,cat,airplane,bicycle,snowman"
+
+
+def build(source, out, fmt="simplified", categories=CATEGORIES, image_size=28, **overrides):
+    config = QuickDrawBuildConfig(source=str(source), format=fmt, categories=categories, train_per_class=15,
+                                  test_per_class=5, out=str(out), shards=3, workers=1, seed=0)
+    config = QuickDrawBuildConfig(**{**config.__dict__, **overrides})
+    return quickdraw_build.build(config, RasterConfig(image_size=image_size), progress=False)
+
+
+def all_records(data_dir):
+    info = tfrecords.read_dataset_info(data_dir)
+    specs = tfrecords.feature_specs(info)
+    out = {}
+    for split in info["splits"]:
+        files = [str(p) for p in tfrecords.shard_paths(data_dir, info, split)]
+        for batch in tf.data.TFRecordDataset(files).batch(64):
+            parsed = parse_batch(batch, specs, list(specs))
+            for i in range(int(batch.shape[0])):
+                out[parsed["key_id"][i].numpy().decode()] = {
+                    "split": split, "label": int(parsed["label"][i]), "image": parsed["image"][i].numpy(),
+                    "points": parsed["strokes/points"][i].numpy(), "lengths": parsed["strokes/lengths"][i].numpy(),
+                    "dims": int(parsed["strokes/dims"][i]), "word": parsed["word"][i].numpy().decode()}
+    return info, out
+
+
+@pytest.fixture(scope="module")
+def simplified_build(tmp_path_factory, quickdraw_dir):
+    out = tmp_path_factory.mktemp("qd") / "simplified"
+    return out, build(quickdraw_dir / "simplified", out)
+
+
+def test_simplified_build_counts_labels_and_verifies(simplified_build, quickdraw_dir):
+    out, info = simplified_build
+    assert info["classes"] == CATEGORIES.split(",")
+    # 25 drawings per category in the sample: quotas 15 + 5 leave the rest over quota or unread.
+    for split, quota in (("train", 15), ("test", 5)):
+        counts = info["splits"][split]["per_class"]
+        assert all(n <= quota for n in counts.values())
+        assert sum(counts.values()) == info["splits"][split]["num_examples"]
+    assert info["splits"]["train"]["num_examples"] + info["splits"]["test"]["num_examples"] >= 90
+    records = info["records"]
+    assert records["read"] == records["written"] + records["skipped"] + records["over_quota"]
+    assert [s["file"] for s in info["splits"]["train"]["shards"]] == [
+        f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    source = quickdraw_dir / "simplified" / "cat.ndjson"
+    entry = next(s for s in info["sources"] if s["category"] == "cat")
+    assert entry["sha256"] == tfrecords.sha256_file(source) and entry["num_bytes"] == source.stat().st_size
+    assert info["features"]["image"]["shape"] == [28, 28, 1]
+    assert verify.verify(out)["splits"] == {s: info["splits"][s]["num_examples"] for s in ("train", "test")}
+
+
+def test_records_hold_the_source_drawing_and_its_rendering(simplified_build, quickdraw_dir):
+    out, info = simplified_build
+    _, records = all_records(out)
+    source = {}
+    for category in info["classes"]:
+        path = quickdraw_dir / "simplified" / f"{category}.ndjson"
+        for line in path.read_bytes().splitlines():
+            d = orjson.loads(line)
+            source[d["key_id"]] = d
+    assert len(records) == info["records"]["written"]
+    for key, record in records.items():
+        original = source[key]
+        assert info["classes"][record["label"]] == original["word"] == record["word"]
+        strokes = np.split(record["points"].reshape(-1, record["dims"]), np.cumsum(record["lengths"])[:-1])
+        assert [s[:, 0].tolist() for s in strokes] == [s[0] for s in original["drawing"]]
+        assert [s[:, 1].tolist() for s in strokes] == [s[1] for s in original["drawing"]]
+        np.testing.assert_array_equal(record["image"][..., 0], raster.rasterize(strokes, 28))
+    # The split depends only on (seed, key_id).
+    for key, record in records.items():
+        expected = quickdraw_build.split_of(key, 0, 5 / 20)
+        assert record["split"] == expected
+
+
+def test_build_is_deterministic_and_seeded_choice_is_without_replacement(tmp_path, quickdraw_dir, simplified_build):
+    _, first = simplified_build
+    again = build(quickdraw_dir / "simplified", tmp_path / "again")
+    assert [s["sha256"] for s in again["splits"]["train"]["shards"]] == \
+        [s["sha256"] for s in first["splits"]["train"]["shards"]]
+    available = list(quickdraw.source_files(quickdraw_dir / "simplified", "simplified"))
+    chosen = quickdraw_build.select_categories(available, "300", seed=3)
+    assert len(chosen) == len(set(chosen)) == 300 and chosen == sorted(chosen)
+    assert chosen == quickdraw_build.select_categories(available, "300", seed=3)
+    assert chosen != quickdraw_build.select_categories(available, "300", seed=4)
+
+
+def test_raw_format_keeps_time_and_renders_time_channels(tmp_path, quickdraw_dir):
+    info = build(quickdraw_dir / "raw", tmp_path / "raw", fmt="raw", categories="cat,airplane",
+                 image_size=64)
+    _, records = all_records(tmp_path / "raw")
+    assert {r["dims"] for r in records.values()} == {3}
+    assert next(iter(records.values()))["image"].shape == (64, 64, 1)
+    config = QuickDrawBuildConfig(source=str(quickdraw_dir / "raw"), format="raw", categories="cat",
+                                  train_per_class=5, test_per_class=2, out=str(tmp_path / "tc"), shards=1, workers=1)
+    info = quickdraw_build.build(config, RasterConfig(image_size=32, time_channels=True), progress=False)
+    assert info["image"]["channels"] == 3
+    image = next(iter(load_split(tmp_path / "tc", "train", 4)))[0]
+    assert image.shape == (4, 32, 32, 3)
+
+
+def test_bitmap_format_resizes_and_keys_by_index(tmp_path, quickdraw_dir):
+    source = tmp_path / "bitmaps"
+    source.mkdir()
+    for category in ("cat", "airplane"):
+        drawings = list(quickdraw.read_ndjson(quickdraw_dir / "simplified" / f"{category}.ndjson"))
+        np.save(source / f"{category}.npy", raster.rasterize_many([d.strokes for d in drawings], 28)
+                .reshape(len(drawings), 784))
+    np.save(source / "broken.npy", np.zeros((3, 100), np.uint8))
+    info = build(source, tmp_path / "out", fmt="bitmap", categories="airplane,broken,cat", image_size=56)
+    assert info["skipped"].get("bad_npy_shape", 0) >= 1
+    assert info["splits"]["train"]["per_class"]["broken"] == 0
+    _, records = all_records(tmp_path / "out")
+    assert all(key.split("/")[0] in ("cat", "airplane") for key in records)
+    assert next(iter(records.values()))["image"].shape == (56, 56, 1)
+    assert verify.verify(tmp_path / "out")
+
+
+def test_sketchrnn_keeps_its_own_splits(tmp_path, quickdraw_dir):
+    source = tmp_path / "npz"
+    source.mkdir()
+    drawings = list(quickdraw.read_ndjson(quickdraw_dir / "simplified" / "cat.ndjson"))
+    arrays = [quickdraw.stroke3_from_strokes(d.strokes) for d in drawings]
+
+    def objects(items):
+        out = np.empty(len(items), dtype=object)
+        out[:] = items
+        return out
+
+    np.savez(source / "cat.npz", train=objects(arrays[:15]), valid=objects(arrays[15:20]), test=objects(arrays[20:]))
+    info = build(source, tmp_path / "out", fmt="sketchrnn", categories="cat", train_per_class=100,
+                 test_per_class=100)
+    assert {s: info["splits"][s]["num_examples"] for s in ("train", "valid", "test")} == \
+        {"train": 15, "valid": 5, "test": 5}
+    assert verify.verify(tmp_path / "out")
+
+
+def _bad_source(tmp_path, quickdraw_dir) -> pathlib.Path:
+    source = tmp_path / "bad"
+    source.mkdir()
+    good = (quickdraw_dir / "simplified" / "cat.ndjson").read_bytes().splitlines()
+    bad_lines = [b"{not json", b'{"word": "cat", "key_id": "1"}', b"\xff\xfe\x00",
+                 b'{"word":"cat","countrycode":"US","timestamp":"x","recognized":true,"key_id":"2","drawing":[]}']
+    (source / "cat.ndjson").write_bytes(b"\n".join(good[:10] + bad_lines + good[10:]) + b"\n")
+    return source
+
+
+def test_bad_lines_are_counted_skips_and_strict_names_file_and_line(tmp_path, quickdraw_dir):
+    source = _bad_source(tmp_path, quickdraw_dir)
+    info = build(source, tmp_path / "out", categories="cat", train_per_class=100, test_per_class=100)
+    assert info["records"] == {"read": 29, "written": 25, "skipped": 4, "over_quota": 0}
+    assert sum(info["skipped"].values()) == 4
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "data_prep.quickdraw", "build", "--source", str(source), "--format",
+               "simplified", "--categories", "cat", "--out", str(tmp_path / "strict"), "--workers", "1", "--strict"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "cat.ndjson:11" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_build_then_verify_and_clear_errors(tmp_path, quickdraw_dir):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "data_prep.quickdraw", "build", "-source", str(quickdraw_dir / "simplified"),
+               "-format", "simplified", "-categories", "3", "-train_per_class", "10", "-test_per_class", "3",
+               "-image_size", "32", "-out", str(out), "-shards", "2", "-workers", "2"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "built 30 train, 9 test records of 3 classes" in result.stdout
+    check = subprocess.run([sys.executable, "-m", "data_prep.verify", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and check.stdout.startswith("OK"), check.stderr
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["image"] == {"height": 32, "width": 32, "channels": 1}
+    for args, message in ((["--categories", "no such thing"], "No source file for categories: no such thing"),
+                          (["--categories", "../etc"], "Invalid category name"),
+                          (["--format", "bitmap"], "No bitmap files")):
+        bad = [sys.executable, "-m", "data_prep.quickdraw", "build", "--source", str(quickdraw_dir / "simplified"),
+               "--out", str(tmp_path / "x"), *args]
+        result = subprocess.run(bad, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
