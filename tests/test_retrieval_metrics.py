@@ -536,3 +536,40 @@ def test_float32_rounding_ties_at_scale_follow_the_tie_rule():
         other[i] = False
         tied_relevant += len(np.intersect1d(values[b, same], values[b, other]))
     assert collisions > 1000 and tied_relevant > 50  # rounding ties, many between relevant and not
+
+
+@pytest.mark.slow
+def test_real_drawings_through_a_conv_net_match_loops_and_sklearn(quickdraw_dir):
+    """The features of a model: a seeded, untrained small conv net on 500 real drawings (20 classes)
+    rasterized at 28 px. Float32 features: pairs whose distances agree to float32 rounding may be
+    ordered differently from the float64 loop, so the means agree to 1e-5, not to the last bit."""
+    import keras
+
+    from data_prep.raster import rasterize
+
+    files = sorted((quickdraw_dir / "simplified").glob("*.ndjson"))[20:40]
+    images, labels = [], []
+    for label, path in enumerate(files):
+        for line in path.read_bytes().splitlines():
+            strokes = [np.asarray(s[:2], np.float32).T for s in orjson.loads(line)["drawing"]]
+            images.append(rasterize(strokes, image_size=28))
+            labels.append(label)
+    images = np.stack(images)[..., None].astype(np.float32) / 255.0
+    y = np.asarray(labels)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    x = keras.Model(inputs, keras.layers.Dense(32, name="features")(h)).predict(images, verbose=0)
+    assert x.shape == (500, 32) and np.isfinite(x).all()
+    for metric in ("l2", "cosine"):
+        report = evaluate(x, y, metric=metric, k=KS, block_rows=100)
+        ref, d = reference_report(x, y, x, y, metric, KS, leave_one_out=True)
+        for name in ["map", "r_precision", "map@r"] + [f"{m}@{k}" for k in KS for m in
+                                                     ("map", "precision", "recall", "hit", "knn_accuracy")]:
+            assert report[name] == pytest.approx(ref[name], abs=1e-5), (metric, name)
+        assert report["excluded_queries"]["count"] == 0
+        aps = [average_precision_score(np.delete(y == y[i], i), -np.delete(d[i], i)) for i in range(len(y))]
+        assert report["map"] == pytest.approx(np.mean(aps), abs=1e-5)
+        assert report["map"] > 1.5 / 20  # an untrained net already groups real drawings above chance
