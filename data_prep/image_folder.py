@@ -32,8 +32,9 @@ from data_prep.skips import BadRecord, SkipCounter, StrictModeError
 DOMAINS = ("sketch", "photo")  # a record's domain_id is the index here
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 ENCODED = "png|jpeg"
-# Raw bytes read 5.2x (64 px) and 2.8x (128 px) faster than PNG/JPEG but take 6x and 11x the
-# disk (BENCHMARKS.md, Sketchy sample); above 128 px the size (196 KB an image at 256 px) wins.
+# Raw pixels read about 2x (64 px) and 1.3-2.6x (128 px) faster than PNG/JPEG through load_split,
+# for 5x and 11x the disk (bench.sketchy on the Sketchy sample, BENCHMARKS.md). Above 128 px the
+# size wins: 196 KB an image raw at 256 px, 17 GB for the full Sketchy.
 RAW_MAX_SIZE = 128
 SPLITS = ["train", "test"]
 
