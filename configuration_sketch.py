@@ -267,6 +267,9 @@ class TrainConfig:
                       "<model_dir>/checkpoints if any; a .keras or .weights.h5 path starts from those weights "
                       "instead. evaluate/test/export: empty or 'last' (latest checkpoint), 'best' "
                       "(<model_dir>/best.keras), or a path.")
+    bn_recalibration: int = field(20, "Batches of training images (not augmented) over which batch-norm "
+                                  "moving statistics are re-estimated before each validation and checkpoint "
+                                  "(precise BN); 0 keeps Keras' moving averages, which lag in short runs.")
     steps_per_checkpoint: int = field(0, "Also checkpoint every this many optimizer steps (0: at the end of "
                                       "each epoch only).")
     keep_checkpoints: int = field(3, "Checkpoints kept in <model_dir>/checkpoints (older ones are deleted).")

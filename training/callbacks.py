@@ -63,6 +63,71 @@ class NanGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of `model`, nested sub-models included."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate_batch_norm(model: keras.Model, batches, num_batches: int) -> int:
+    """Set every batch-norm layer's moving mean and variance to the plain mean of its batch statistics
+    over `num_batches` batches of `batches` (an iterator of (images, ...)); returns the batches used.
+
+    Moving averages lag: a short run (tens of steps) still carries the initial variance 1.0 and the
+    statistics of older weights, so inference-mode outputs collapse (see ModelConfig.bn_momentum).
+    A forward pass in training mode with momentum i / (i + 1) on batch i makes each moving statistic
+    the running mean of the batch statistics of the current weights ("precise BN"); weights do not change.
+    """
+    layers = batch_norm_layers(model)
+    if not layers or num_batches < 1:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for i in range(num_batches):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            for layer in layers:
+                layer.momentum = i / (i + 1)
+            model(batch[0], training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Re-estimate batch-norm statistics (`recalibrate_batch_norm`) before each validation, or at the
+    end of the epoch when there is no validation, so evaluations and checkpoints use current statistics."""
+
+    def __init__(self, dataset, num_batches: int):
+        super().__init__()
+        self.dataset = dataset
+        self.num_batches = num_batches
+        self._iterator = None
+        self._done_this_epoch = False
+
+    def _recalibrate(self):
+        if self._iterator is None:
+            self._iterator = iter(self.dataset)
+        recalibrate_batch_norm(self.model, self._iterator, self.num_batches)
+        self._done_this_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._done_this_epoch = False
+
+    def on_test_begin(self, logs=None):
+        if not self._done_this_epoch:
+            self._recalibrate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._done_this_epoch:
+            self._recalibrate()
+
+
 class StopRequested(Exception):
     """Raised between two steps after SIGINT (Ctrl-C) or SIGTERM; the trainer checkpoints and exits."""
 

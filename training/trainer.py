@@ -187,8 +187,9 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size)):
         if value < 1:
             raise ToolError(f"Invalid value for -{name}: {value}. Expected an integer >= 1.")
-    if train.steps_per_epoch < 0 or train.steps_per_checkpoint < 0:
-        raise ToolError("-steps_per_epoch and -steps_per_checkpoint must be >= 0.")
+    for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration"):
+        if getattr(train, name) < 0:
+            raise ToolError(f"Invalid value for -{name}: {getattr(train, name)}. Expected an integer >= 0.")
     if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
         raise ToolError(f"Invalid value for -learning_rate: {train.learning_rate}. Expected a finite number > 0.")
     run = tasks.Run(configs=configs, info=info, model_dir=model_dir)
@@ -343,6 +344,10 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
                                 best=cb.best_in_history(recorder.rows, monitor, mode), is_chief=strategy.is_chief)
     stopper = cb.GracefulStop()
     callbacks = [stopper, nan_guard, checkpointer, recorder, keeper, *task.callbacks(run, model)]
+    calibration = task.calibration_dataset(run, seed=config.seed + step + 1)
+    if config.bn_recalibration and calibration is not None and cb.batch_norm_layers(model):
+        # First, so that validation, checkpoints and the best model all see recalibrated statistics.
+        callbacks.insert(0, cb.BatchNormRecalibration(calibration, config.bn_recalibration))
     if strategy.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.model_dir / LOG_DIR), update_freq="epoch",
                                                      write_graph=False, profile_batch=0))

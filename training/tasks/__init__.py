@@ -9,6 +9,7 @@ trains model `name` and calls its methods. A Task provides
     compile_args     loss and metrics for model.compile
     callbacks        extra fit callbacks (e.g. a loss's margin schedule)
     train_dataset    the repeating, shuffled (augmented) training stream
+    calibration_dataset  the same images without augmentation, for batch-norm recalibration
     validation_dataset   what fit validates on each epoch (the test split, repeated), or None
     validation_steps     its batches per pass: fit validates on exactly one pass each epoch
     monitor          the log key and direction that picks the best model
@@ -99,6 +100,10 @@ class Task:
 
     def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
         raise NotImplementedError
+
+    def calibration_dataset(self, run: Run, seed: int) -> tf.data.Dataset | None:
+        """Repeating training batches without augmentation for batch-norm recalibration (None: skip it)."""
+        return None
 
     def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
         return None

@@ -57,6 +57,10 @@ class ClassificationTask(Task):
             ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def calibration_dataset(self, run: Run, seed: int) -> tf.data.Dataset | None:
+        return self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
+                           shuffle_buffer=run.pipeline.shuffle_buffer)
+
     def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
         if run.num_examples(self.test_split) == 0:
             return None
