@@ -1,0 +1,309 @@
+"""Pieces of the training tool without training: presets, strategy choice, resume arithmetic, metrics,
+checkpoints, batch-norm recalibration, config checks, the task registry and the figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+from training import callbacks as cb
+from training import evaluation, plots, presets, strategy, tasks, trainer
+from training.checkpoints import CheckpointError, CheckpointStore
+
+CLASSES = (TrainConfig, ModelConfig, PipelineConfig, AugmentConfig)
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_override_order_is_defaults_then_preset_then_command_line():
+    configs, explicit = presets.resolve_configs(CLASSES, "original", {"learning_rate": 3e-4, "epochs": 7})
+    train, model, pipeline = configs[TrainConfig], configs[ModelConfig], configs[PipelineConfig]
+    assert (train.optimizer, train.lr_schedule, train.augment) == ("adam", "constant", False)  # preset
+    assert (pipeline.batch_size, model.image_size) == (10, 128)  # preset, across config classes
+    assert (train.learning_rate, train.epochs) == (3e-4, 7)  # command line wins over the preset
+    assert train.seed == TrainConfig().seed  # untouched default
+    assert {"learning_rate", "epochs", "batch_size", "image_size"} <= explicit
+    assert "seed" not in explicit
+
+
+def test_default_preset_is_the_dataclass_defaults():
+    configs, explicit = presets.resolve_configs(CLASSES, "default", {})
+    assert all(configs[cls] == cls() for cls in CLASSES) and explicit == set()
+
+
+def test_unknown_preset_and_unknown_field_are_named():
+    with pytest.raises(presets.PresetError, match="Received: 'fast'.*original, default, demo, smoke"):
+        presets.resolve_configs(CLASSES, "fast", {})
+    with pytest.raises(presets.PresetError, match="no_such_field"):
+        presets.resolve_configs(CLASSES, "", {"no_such_field": 1})
+
+
+def test_every_preset_names_only_existing_fields():
+    for name in presets.PRESETS:
+        configs, _ = trainer.resolve(name, {})
+        assert configs[TrainConfig].mode == "train"
+
+
+# ---------------------------------------------------------------- strategy
+
+
+@pytest.mark.parametrize("requested, gpus, cpus, workers, expected", [
+    ("auto", 0, 0, 0, "one_device"),
+    ("auto", 1, 0, 0, "one_device"),
+    ("auto", 4, 0, 0, "mirrored"),
+    ("auto", 0, 2, 0, "mirrored"),
+    ("auto", 1, 2, 0, "one_device"),  # a GPU wins over split CPUs
+    ("auto", 0, 0, 2, "multi_worker"),
+    ("auto", 2, 0, 3, "multi_worker"),
+    ("mirrored", 0, 0, 1, "mirrored"),
+    ("one_device", 8, 0, 0, "one_device"),
+    ("multi_worker", 0, 0, 2, "multi_worker"),
+])
+def test_choose_strategy(requested, gpus, cpus, workers, expected):
+    assert strategy.choose_strategy(requested, num_gpus=gpus, cpu_devices=cpus, num_workers=workers) == expected
+
+
+def test_strategy_requests_that_cannot_be_met():
+    with pytest.raises(strategy.StrategyError, match="needs TF_CONFIG"):
+        strategy.choose_strategy("multi_worker", num_gpus=0, cpu_devices=0, num_workers=0)
+    with pytest.raises(strategy.StrategyError, match="names 2 workers"):
+        strategy.choose_strategy("mirrored", num_gpus=2, cpu_devices=0, num_workers=2)
+    with pytest.raises(strategy.StrategyError, match="Received: 'tpu'"):
+        strategy.choose_strategy("tpu", num_gpus=0, cpu_devices=0, num_workers=0)
+
+
+def test_tf_config_and_chief():
+    env = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 2}})}
+    cluster, task_type, index = strategy.cluster_from_env(env)
+    assert (strategy.cluster_size(cluster), task_type, index) == (3, "worker", 2)
+    assert not strategy.is_chief_task(cluster, task_type, index)
+    assert strategy.is_chief_task(cluster, "worker", 0)
+    with_chief = {"chief": ["c:0"], "worker": ["a:1"]}
+    assert strategy.cluster_size(with_chief) == 2
+    assert strategy.is_chief_task(with_chief, "chief", 0) and not strategy.is_chief_task(with_chief, "worker", 0)
+    assert strategy.cluster_from_env({}) == ({}, None, 0)
+    assert strategy.is_chief_task({}, None, 0)
+    with pytest.raises(strategy.StrategyError, match="TF_CONFIG is not valid JSON"):
+        strategy.cluster_from_env({"TF_CONFIG": "{cluster"})
+
+
+# ---------------------------------------------------------------- resume arithmetic
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, [(0, 10)]),        # fresh run: all epochs in one fit
+    (10, [(1, 10)]),       # stopped at an epoch boundary
+    (13, [(1, 7), (2, 10)]),  # mid-epoch: finish epoch 2's 7 remaining steps, then the rest
+    (27, [(2, 3)]),        # mid last epoch: only its remaining steps
+    (30, []),              # done
+    (45, []),
+])
+def test_fit_segments_continue_from_the_optimizer_step(step, expected):
+    assert trainer._fit_segments(step, per_epoch=10, epochs=3) == expected
+    # A partial first epoch runs alone; a whole one runs on to the last epoch. The steps add up.
+    owed = sum(steps if steps != 10 else 10 * (3 - epoch) for epoch, steps in expected)
+    assert owed == max(0, 30 - step)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_classification_metrics_against_loops():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 7)) * 3
+    labels = rng.integers(0, 7, 50)
+    got = evaluation.classification_metrics(logits, labels, k=5)
+    loss = np.mean([-(logits[i, labels[i]] - math.log(np.exp(logits[i]).sum())) for i in range(50)])
+    top1 = np.mean([np.argmax(logits[i]) == labels[i] for i in range(50)])
+    top5 = np.mean([labels[i] in np.argsort(-logits[i])[:5] for i in range(50)])
+    assert got["loss"] == pytest.approx(loss, rel=1e-12)
+    assert got["top1_accuracy"] == pytest.approx(top1) and got["top5_accuracy"] == pytest.approx(top5)
+    assert (got["top_k"], got["num_examples"]) == (5, 50)
+
+
+def test_top_k_caps_at_the_class_count_and_breaks_ties_low():
+    logits = np.zeros((3, 3))
+    got = evaluation.classification_metrics(logits, np.array([0, 1, 2]), k=5)
+    assert got["top_k"] == 3 and got["top5_accuracy"] == 1.0
+    assert got["top1_accuracy"] == pytest.approx(1 / 3)  # a constant prediction is class 0, right once
+    assert got["loss"] == pytest.approx(math.log(3))
+    with pytest.raises(ValueError, match="labels run from 0 to 3 but there are 3 classes"):
+        evaluation.classification_metrics(logits, np.array([0, 1, 3]))
+
+
+def test_confusion_per_class_and_most_confused():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 0, 2])
+    matrix = evaluation.confusion(labels, predicted, 4)
+    assert matrix.tolist() == [[1, 2, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    names = ["a", "b", "c", "d"]
+    assert evaluation.per_class_accuracy(matrix, names) == {"a": 1 / 3, "b": 0.5, "c": 1.0, "d": None}
+    confused = evaluation.most_confused(matrix, names)
+    assert confused == [{"true": "a", "predicted": "b", "count": 2, "fraction": 2 / 3},
+                        {"true": "b", "predicted": "a", "count": 1, "fraction": 0.5}]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(8, name="hidden")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def fit_steps(model: keras.Model, steps: int) -> None:
+    rng = np.random.default_rng(1)
+    model.fit(rng.normal(size=(8 * steps, 4)).astype("float32"), rng.integers(0, 3, 8 * steps),
+              batch_size=8, epochs=1, verbose=0, shuffle=False)
+
+
+def test_checkpoint_round_trip_restores_weights_and_optimizer_step(tmp_path):
+    model = tiny_model()
+    fit_steps(model, 5)
+    store = CheckpointStore(tmp_path / "ckpt", keep=2)
+    state = store.save(model, epoch=1, reason="epoch")
+    assert (state.step, state.epoch, state.file) == (5, 1, "ckpt-00000005.weights.h5")
+    fresh = tiny_model(seed=1)
+    trainer.ensure_optimizer_built(fresh)
+    assert int(fresh.optimizer.iterations.numpy()) == 0
+    restored = store.restore(fresh)
+    assert restored.step == 5 and int(fresh.optimizer.iterations.numpy()) == 5
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_checkpoints_are_pruned_and_state_names_a_complete_file(tmp_path):
+    model = tiny_model()
+    store = CheckpointStore(tmp_path, keep=2)
+    assert store.latest() is None
+    dead = tmp_path / ".tmp-999999999-ckpt-00000099.weights.h5"  # left by a killed writer
+    dead.write_bytes(b"partial")
+    for _ in range(4):
+        fit_steps(model, 1)
+        store.save(model, epoch=0)
+    files = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    assert files == ["ckpt-00000003.weights.h5", "ckpt-00000004.weights.h5"]
+    assert store.latest().file == "ckpt-00000004.weights.h5" and not dead.exists()
+    (tmp_path / "ckpt-00000004.weights.h5").unlink()
+    with pytest.raises(CheckpointError, match="names 'ckpt-00000004.weights.h5', which is missing"):
+        store.latest()
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        store.latest()
+
+
+def test_checkpoint_of_another_model_is_refused_with_its_name(tmp_path):
+    store = CheckpointStore(tmp_path)
+    model = tiny_model()
+    fit_steps(model, 1)
+    store.save(model, epoch=0)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5)], name="other")
+    with pytest.raises(CheckpointError, match="into model 'other'"):
+        store.restore(other)
+
+
+def test_recalibrated_batch_norm_statistics_are_the_mean_of_batch_moments():
+    model = tiny_model()
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(2.0, 3.0, size=(16, 4)).astype("float32") for _ in range(5)]
+    used = cb.recalibrate_batch_norm(model, iter([(b,) for b in batches]), num_batches=10)
+    assert used == 5  # the iterator ran out
+    kernel, bias = model.get_layer("hidden").get_weights()
+    hidden = [b @ kernel + bias for b in batches]
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([h.mean(0) for h in hidden], 0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([h.var(0) for h in hidden], 0), rtol=1e-4)
+    assert bn.momentum == 0.9  # restored
+
+
+def test_nan_guard_stops_at_the_first_non_finite_loss():
+    model = tiny_model()
+    trainer.ensure_optimizer_built(model)
+    guard = cb.NanGuard()
+    guard.set_model(model)
+    guard.on_train_batch_end(0, {"loss": 1.5})
+    assert guard.bad_step is None and not model.stop_training
+    guard.on_train_batch_end(1, {"loss": float("inf")})
+    guard.on_train_batch_end(2, {"loss": float("nan")})
+    assert guard.bad_step == 0 and guard.bad_value == float("inf") and model.stop_training
+
+
+# ---------------------------------------------------------------- configuration checks
+
+
+INFO = {"classes": ["a", "b"], "image": {"height": 28, "width": 28, "channels": 1},
+        "splits": {"train": {"num_examples": 10}, "test": {"num_examples": 4}}}
+
+
+def test_image_size_and_channels_come_from_the_data_unless_chosen():
+    adapted = trainer.adapt_to_data(ModelConfig(image_size=64, channels=3), INFO, set(), "d")
+    assert (adapted.image_size, adapted.channels) == (28, 1)
+    with pytest.raises(trainer.ToolError, match="-image_size 64 does not match .* 28x28x1 images.*--image_size 64"):
+        trainer.adapt_to_data(ModelConfig(image_size=64), INFO, {"image_size"}, "d")
+    with pytest.raises(trainer.ToolError, match="-channels 3 does not match"):
+        trainer.adapt_to_data(ModelConfig(channels=3), INFO, {"channels"}, "d")
+
+
+def test_saved_run_settings_win_for_evaluation_and_are_enforced_on_resume():
+    saved = {"ModelConfig": dataclasses.asdict(ModelConfig(model="skresnet", dropout=0.2)),
+             "TrainConfig": dataclasses.asdict(TrainConfig(data_path="/data/a", epochs=3))}
+    given = {TrainConfig: TrainConfig(mode="evaluate"), ModelConfig: ModelConfig()}
+    merged = trainer.merge_saved(given, {"mode"}, saved, "evaluate")
+    assert merged[ModelConfig].model == "skresnet" and merged[ModelConfig].dropout == 0.2
+    assert (merged[TrainConfig].mode, merged[TrainConfig].data_path) == ("evaluate", "/data/a")
+    with pytest.raises(trainer.ToolError, match="-model 'sknet' \\(the run has 'skresnet'\\)"):
+        trainer.merge_saved(given, {"mode", "model"}, saved, "evaluate")
+    with pytest.raises(trainer.ToolError, match="other model settings"):
+        trainer.merge_saved({TrainConfig: TrainConfig(), ModelConfig: ModelConfig()}, set(), saved, "train")
+
+
+def test_task_registry():
+    assert tasks.task_for_model("sknet").name == "classification"
+    assert {"sknet", "skresnet", "sketch_a_net"} <= set(tasks.trainable_models())
+    with pytest.raises(ValueError, match="Unknown model 'resnet50'. Valid: .*sketch_a_net, sknet, skresnet"):
+        tasks.task_for_model("resnet50")
+    with pytest.raises(ValueError, match="already trained by task 'classification'"):
+        tasks.register_task(type("Copy", (tasks.Task,), {"name": "copy", "models": ("sknet",)})())
+    with pytest.raises(ValueError, match="already registered"):
+        tasks.register_task(type("Again", (tasks.Task,), {"name": "classification", "models": ("x",)})())
+
+
+def test_optimizers_of_the_recipes():
+    adamw = trainer.make_optimizer(TrainConfig(), total_steps=100)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.05)
+    assert float(adamw.learning_rate) == pytest.approx(1e-3)  # cosine at step 0
+    original, _ = presets.resolve_configs(CLASSES, "original", {})
+    adam = trainer.make_optimizer(original[TrainConfig], total_steps=100)
+    assert type(adam) is keras.optimizers.Adam and float(adam.learning_rate) == pytest.approx(1e-4)
+    sgd = trainer.make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.0), 10)
+    assert sgd.nesterov and sgd.weight_decay is None
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_figures_are_written(tmp_path):
+    rows = [{"epoch": 1, "step": 3, "loss": 2.0, "val_loss": 2.1, "accuracy": 0.3, "val_accuracy": None,
+             "learning_rate": 1e-3, "seconds": 1.0, "images_per_second": 48.0},
+            {"epoch": 2, "step": 6, "loss": 1.0, "val_loss": 1.5, "accuracy": 0.6, "val_accuracy": 0.5,
+             "learning_rate": 5e-4, "seconds": 1.0, "images_per_second": 48.0}]
+    assert plots.curve_names(rows) == ["loss", "accuracy"]
+    curves = plots.plot_curves(rows, tmp_path / "curves.png", "title")
+    confusion = plots.plot_confusion(np.array([[3, 1], [0, 0]]), ["a", "b"], tmp_path / "confusion.png")
+    for path in (curves, confusion):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
