@@ -25,9 +25,12 @@ test-fast: venv
 demo: venv
 	$(PY) -m demo
 
+# Benchmarks (not tests): each prints a table and writes bench/results/<name>.json.
 bench: venv
 	$(PY) -m bench.raster
 	$(PY) -m bench.input_pipeline
+	$(PY) -m bench.sketchy
+	$(PY) -m bench.similarity
 
 clean:
 	rm -rf $(VENV) demo_out
