@@ -157,7 +157,10 @@ def read_info(data_path: str) -> dict:
     try:
         info = tfrecords.read_dataset_info(data_path)
     except tfrecords.DatasetInfoError as e:
-        raise ToolError(f"-data_path {data_path!r}: {e}") from None
+        hint = "" if "Build one" in str(e) else (
+            " Build one with `python -m data_prep.quickdraw build --source DIR --out DIR` (README: Quick, Draw! "
+            "data preparation), or run `make demo` for the embedded data set.")
+        raise ToolError(f"-data_path {data_path!r}: {e}{hint}") from None
     if not info.get("classes"):
         raise ToolError(f"The data set at {data_path!r} has no classes; rebuild it with at least one category.")
     return info

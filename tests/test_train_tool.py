@@ -1,0 +1,242 @@
+"""train_sketch_net.py on real drawings: every mode, the run folder, short runs that evaluate like
+they train (the batch-norm trap), export reloaded in a fresh process, and bad input at the CLI."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from data_prep.pipeline import load_split
+from retrieval import metrics as retrieval_metrics
+from training import callbacks as cb
+from training import evaluation, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TOOL = ROOT / "train_sketch_net.py"
+CHANCE = 1 / 8
+
+
+def run_api(**values) -> dict:
+    """One mode of the tool in this process, from flag-like values."""
+    return trainer.run_mode(*trainer.resolve(values.pop("preset", ""), values))
+
+
+def run_tool(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def split_images(data_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    batches = list(load_split(data_dir, "test", 64))
+    return (np.concatenate([b[0].numpy() for b in batches]), np.concatenate([b[1].numpy() for b in batches]))
+
+
+@pytest.fixture(scope="module")
+def trained(quickdraw_28px, tmp_path_factory) -> pathlib.Path:
+    """A short run of the default recipe without augmentation: 2 epochs of 20 steps of 32 drawings."""
+    model_dir = tmp_path_factory.mktemp("run") / "sknet"
+    result = run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(model_dir), epochs=2,
+                     steps_per_epoch=20, batch_size=32, augment=False, verbose=0)
+    assert result["final_step"] == 40 and result["start_step"] == 0
+    return model_dir
+
+
+def test_train_writes_the_run_folder(trained, quickdraw_28px):
+    record = json.loads((trained / "train_config.json").read_text())
+    assert record["task"] == "classification"
+    assert record["configs"]["ModelConfig"]["model"] == "sknet"
+    assert record["configs"]["ModelConfig"]["image_size"] == 28  # taken from the data set
+    assert record["dataset"]["classes"] == ["apple", "bicycle", "cat", "fish", "house", "star", "tree", "umbrella"]
+    state = json.loads((trained / "checkpoints" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["reason"]) == (40, 2, "epoch")
+    assert (trained / "checkpoints" / state["file"]).is_file()
+    rows = json.loads((trained / "train_history.json").read_text())["epochs"]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 20), (2, 40)]
+    for key in ("loss", "accuracy", "top5_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+                "learning_rate", "images_per_second"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[1]["learning_rate"] < rows[0]["learning_rate"]  # cosine decay
+    assert (trained / "training_curves.png").stat().st_size > 10_000
+    best = keras.models.load_model(trained / "best.keras", compile=False)
+    assert best.output_shape == (None, 8)
+    events = list((trained / "logs").rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} == {"train", "validation"}
+
+
+def test_a_complete_run_is_not_trained_again(trained, quickdraw_28px):
+    result = run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(trained), epochs=2,
+                     steps_per_epoch=20, batch_size=32, augment=False, verbose=0)
+    assert result["start_step"] == result["final_step"] == 40
+
+
+def test_short_run_evaluates_like_it_trains(trained, quickdraw_28px):
+    """The batch-norm trap: a 40-step run must give the same accuracy in inference mode as in training."""
+    result = run_api(mode="evaluate", model_dir=str(trained), evaluate_train=True)
+    fit_accuracy = json.loads((trained / "train_history.json").read_text())["epochs"][-1]["accuracy"]
+    assert result["train"]["top1_accuracy"] >= fit_accuracy - 0.15, (result["train"], fit_accuracy)
+    assert result["top1_accuracy"] >= 3 * CHANCE
+    assert result["num_examples"] == 38 and result["train"]["num_examples"] > 140
+    assert json.loads((trained / "evaluate.json").read_text())["top1_accuracy"] == result["top1_accuracy"]
+    for split in ("test", "train"):
+        assert (trained / f"confusion_{split}.png").stat().st_size > 5_000
+        matrix = np.loadtxt(trained / f"confusion_{split}.csv", delimiter=",", skiprows=1)
+        assert matrix.shape == (8, 8) and matrix.sum() == result.get(split, result)["num_examples"]
+
+
+def test_evaluate_agrees_with_an_independent_computation(trained, quickdraw_28px):
+    result = run_api(mode="evaluate", model_dir=str(trained))
+    model = models.build_model("sknet", input_size=28, channels=1, num_classes=8)
+    state = json.loads((trained / "checkpoints" / "state.json").read_text())
+    model.load_weights(trained / "checkpoints" / state["file"])
+    images, labels = split_images(quickdraw_28px)
+    logits = model.predict(images, verbose=0)
+    expected = evaluation.classification_metrics(logits, labels)
+    for key in ("loss", "top1_accuracy", "top5_accuracy"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-5)
+    assert result["checkpoint"].endswith(state["file"])
+    best = run_api(mode="evaluate", model_dir=str(trained), ckpt="best")
+    assert best["checkpoint"].endswith("best.keras")
+    history = json.loads((trained / "train_history.json").read_text())["epochs"]
+    assert best["top1_accuracy"] == pytest.approx(max(r["val_accuracy"] for r in history), abs=1e-6)
+
+
+def test_test_mode_writes_features_and_retrieval_metrics(trained):
+    result = run_api(mode="test", model_dir=str(trained))
+    with np.load(trained / "features_test.npz", allow_pickle=False) as f:
+        features, labels, key_ids, ids = f["features"], f["labels"], f["key_ids"], f["ids"]
+        assert list(f["class_names"])[:2] == ["apple", "bicycle"]
+    assert features.shape == (38, 1024) and labels.shape == (38,) and len(set(key_ids)) == 38
+    assert list(ids) == list(key_ids)
+    expected = retrieval_metrics.evaluate(features, labels, metric="l2", k=(1, 10, 100))
+    assert result["map"] == pytest.approx(expected["map"], abs=1e-9)
+    assert json.loads((trained / "similarity.json").read_text())["map"] == result["map"]
+    assert result["map"] > 1.5 * CHANCE  # leave-one-out mAP of random features is about 1/8 here
+
+
+def test_export_reloads_in_a_fresh_process(trained, quickdraw_28px, tmp_path):
+    result = run_api(mode="export", model_dir=str(trained))
+    export_dir = pathlib.Path(result["export_dir"])
+    meta = json.loads((export_dir / "model_meta.json").read_text())
+    assert meta["kind"] == "classifier" and meta["image_size"] == 28 and len(meta["class_names"]) == 8
+    images, _ = split_images(quickdraw_28px)
+    uint8 = np.round(images * 255).astype(np.uint8)
+    np.save(tmp_path / "images.npy", uint8)
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({str(export_dir / "saved_model")!r})
+        images = tf.constant(np.load({str(tmp_path / "images.npy")!r}))
+        out = loaded.classify_images(images)
+        np.save({str(tmp_path / "probabilities.npy")!r}, out["probabilities"].numpy())
+        np.save({str(tmp_path / "top.npy")!r}, out["top_classes"].numpy()[:, 0].astype(str))
+        np.save({str(tmp_path / "embedding.npy")!r}, loaded.embed_images(images).numpy())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, _ = trainer.load_weights_for(*trainer.prepare_run(*trainer.resolve("", {"mode": "export",
+                                                                                "model_dir": str(trained)})))
+    logits = model.predict(uint8.astype(np.float32) / 255.0, verbose=0)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), expected, atol=1e-5)
+    names = np.array(meta["class_names"])[np.argmax(expected, axis=1)]
+    assert list(np.load(tmp_path / "top.npy")) == list(names)
+    features = keras.Model(model.inputs, model.get_layer("features").output).predict(images, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "embedding.npy"), features, rtol=1e-4, atol=1e-4)
+    reloaded = keras.models.load_model(export_dir / "model.keras", compile=False)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_without_recalibration_a_short_run_falls_into_the_batch_norm_trap(quickdraw_28px, tmp_path):
+    """Keras' moving averages after 40 steps (momentum 0.99) make inference collapse; recalibrating fixes it."""
+    model_dir = tmp_path / "trap"
+    run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(model_dir), epochs=1, steps_per_epoch=40,
+            batch_size=32, augment=False, verbose=0, bn_recalibration=0, bn_momentum=0.99)
+    fit_accuracy = json.loads((model_dir / "train_history.json").read_text())["epochs"][-1]["accuracy"]
+    trapped = run_api(mode="evaluate", model_dir=str(model_dir), evaluate_train=True)
+    assert trapped["train"]["top1_accuracy"] < fit_accuracy - 0.3, (trapped["train"], fit_accuracy)
+    run, task = trainer.prepare_run(*trainer.resolve("", {"mode": "evaluate", "model_dir": str(model_dir),
+                                                         "evaluate_train": True}))
+    model, _ = trainer.load_weights_for(run, task)
+    cb.recalibrate_batch_norm(model, iter(task.calibration_dataset(run, seed=0)), 20)
+    fixed = task.evaluate(run, model)
+    assert fixed["train"]["top1_accuracy"] >= fit_accuracy - 0.15, (fixed["train"], fit_accuracy)
+
+
+@pytest.mark.slow
+def test_mixed_precision_and_xla_run_on_cpu(quickdraw_28px, tmp_path):
+    """No GPU here: -mixed_precision (bfloat16 on CPU) trains and evaluates, -jit_compile (XLA) trains."""
+    mixed_dir = str(tmp_path / "mixed")
+    try:
+        result = run_api(mode="train", preset="smoke", data_path=str(quickdraw_28px), model_dir=mixed_dir,
+                         mixed_precision=True)
+        assert result["final_step"] == 6 and result["precision"] == "mixed_bfloat16"
+        assert all(np.isfinite(row["loss"]) for row in result["history"])
+        model, _ = trainer.load_weights_for(*trainer.prepare_run(*trainer.resolve("", {"mode": "evaluate",
+                                                                                    "model_dir": mixed_dir})))
+        assert model.get_layer("block1_1_conv").compute_dtype == "bfloat16"
+        assert model.get_layer("logits").compute_dtype == "float32"
+        evaluated = run_api(mode="evaluate", model_dir=mixed_dir)
+        assert np.isfinite(evaluated["loss"]) and 0 <= evaluated["top1_accuracy"] <= 1
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    result = run_api(mode="train", preset="smoke", data_path=str(quickdraw_28px), model_dir=str(tmp_path / "xla"),
+                     jit_compile=True, epochs=1)
+    assert result["final_step"] == 3 and all(np.isfinite(row["loss"]) for row in result["history"])
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_help_explains_the_flags():
+    done = run_tool("-help")  # absl prints the help and exits with status 1
+    for flag in ("mode", "model", "data_path", "model_dir", "epochs", "batch_size", "learning_rate", "optimizer",
+                 "weight_decay", "augment", "mixed_precision", "jit_compile", "strategy", "ckpt", "seed", "preset",
+                 "cpu_devices", "steps_per_checkpoint", "bn_recalibration", "bn_momentum", "aug_rotation"):
+        assert re.search(rf"^  --(\[no\])?{flag}: \S", done.stdout, re.MULTILINE), flag
+    assert "Override order" in done.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "image_size", "channels", "model", "no_run"])
+def test_bad_input_is_a_clear_error(case, quickdraw_28px, tmp_path):
+    data = str(quickdraw_28px)
+    args, expected = {
+        "missing": (["-data_path", str(tmp_path / "nowhere")], "does not exist. Build one with `python -m data_prep"),
+        "empty": (["-data_path", str(tmp_path)], "is not a built data set"),
+        "image_size": (["-data_path", data, "-image_size", "64"], "-image_size 64 does not match"),
+        "channels": (["-data_path", data, "-channels", "3"], "-channels 3 does not match"),
+        "model": (["-data_path", data, "-model", "resnet50"], "Unknown model 'resnet50'. Valid: "),
+        "no_run": (["-mode", "evaluate"], "holds no trained run"),
+    }[case]
+    done = run_tool("-model_dir", str(tmp_path / "run"), *args)
+    assert done.returncode == trainer.EXIT_ERROR, done.stderr[-2000:]
+    assert expected in done.stderr
+    if case == "model":
+        assert all(name in done.stderr for name in ("sketch_a_net", "sknet", "skresnet"))
+    if case in ("missing", "empty"):
+        assert "Build one with `python -m data_prep.quickdraw build" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quickdraw_28px, tmp_path):
+    model_dir = tmp_path / "nan"
+    done = run_tool("-preset", "smoke", "-data_path", str(quickdraw_28px), "-model_dir", str(model_dir),
+                    "-optimizer", "sgd", "-learning_rate", "1e6", "-epochs", "3", "-steps_per_checkpoint", "1")
+    assert done.returncode == trainer.EXIT_DIVERGED, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert "The loss became" in message and "Lower -learning_rate" in message
+    bad_step = int(message.split(" at step ")[1].split(";")[0])
+    state = json.loads((model_dir / "checkpoints" / "state.json").read_text())
+    assert 1 <= state["step"] < bad_step and f"last good checkpoint is {state['file']}" in message
+    model = models.build_model("sknet", input_size=28, channels=1, num_classes=8)
+    model.load_weights(model_dir / "checkpoints" / state["file"])
+    assert all(np.isfinite(w).all() for w in model.get_weights())
