@@ -55,6 +55,8 @@ def command_line_values() -> dict:
 
 
 def summarize(mode: str, result: dict) -> str:
+    if isinstance(result.get("summary"), str):  # a task's own one-line summary
+        return result["summary"]
     if mode == "train":
         last = (result.get("history") or [{}])[-1]
         parts = [f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")

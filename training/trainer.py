@@ -258,7 +258,7 @@ def make_optimizer(train: TrainConfig, total_steps: int) -> keras.optimizers.Opt
 def steps_per_epoch(run: tasks.Run, task: tasks.Task) -> int:
     if run.train.steps_per_epoch:
         return run.train.steps_per_epoch
-    return max(1, math.ceil(run.num_examples(task.train_split) / run.pipeline.batch_size))
+    return max(1, math.ceil(run.num_examples(task.train_split) / task.batch_size(run)))
 
 
 def _fit_segments(step: int, per_epoch: int, epochs: int) -> list[tuple[int, int]]:
@@ -318,7 +318,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
         except CheckpointError as e:
             raise ToolError(str(e)) from None
     step = cb.optimizer_step(model)
-    batch = run.pipeline.batch_size
+    batch = task.batch_size(run)
     _log(f"strategy: {strategy.describe()}; precision: {policy}")
     _log(f"data: {run.num_examples(task.train_split)} train / {run.num_examples(task.test_split)} test images of "
          f"{run.model.image_size}x{run.model.image_size}x{run.model.channels}, {len(run.class_names)} classes "
@@ -346,7 +346,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     keeper = cb.BestModelKeeper(run.model_dir / BEST_FILE, monitor, mode,
                                 best=cb.best_in_history(recorder.rows, monitor, mode), is_chief=strategy.is_chief)
     stopper = cb.GracefulStop()
-    callbacks = [stopper, nan_guard, checkpointer, recorder, keeper, *task.callbacks(run, model)]
+    callbacks = [stopper, nan_guard, *task.callbacks(run, model), checkpointer, recorder, keeper]
     calibration = task.calibration_dataset(run, seed=config.seed + step + 1)
     if config.bn_recalibration and calibration is not None and cb.batch_norm_layers(model):
         # First, so that validation, checkpoints and the best model all see recalibrated statistics.

@@ -7,7 +7,9 @@ trains model `name` and calls its methods. A Task provides
     check            input checks before anything is built (clear errors)
     build_model      the Keras model for the run (built under the strategy scope by the trainer)
     compile_args     loss and metrics for model.compile
-    callbacks        extra fit callbacks (e.g. a loss's margin schedule)
+    callbacks        extra fit callbacks (e.g. a loss's margin schedule); they run before the history,
+                     checkpoint and best-model callbacks, so values they add to the epoch logs are kept
+    batch_size       images (or pairs) in one global training step: -batch_size, or P x K
     train_dataset    the repeating, shuffled (augmented) training stream
     calibration_dataset  the same images without augmentation, for batch-norm recalibration
     validation_dataset   what fit validates on each epoch (the test split, repeated), or None
@@ -98,6 +100,10 @@ class Task:
     def callbacks(self, run: Run, model: keras.Model) -> list[keras.callbacks.Callback]:
         return []
 
+    def batch_size(self, run: Run) -> int:
+        """Global batch of one training step (steps per epoch and images/s follow it)."""
+        return run.pipeline.batch_size
+
     def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
         raise NotImplementedError
 
@@ -166,6 +172,9 @@ def _register_builtin() -> None:
     from training.tasks.classification import ClassificationTask
 
     register_task(ClassificationTask())
+    from training.tasks.metric import MetricLearningTask
+
+    register_task(MetricLearningTask())
 
 
 _register_builtin()
