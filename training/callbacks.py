@@ -201,7 +201,9 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps and _finite((logs or {}).get("loss", 0.0)):
-            if optimizer_step(self.model) % self.every_steps == 0:
+            step = optimizer_step(self.model)
+            # The last step of an epoch is saved at the epoch's end, after validation and its history row.
+            if step % self.every_steps == 0 and step % self.steps_per_epoch:
                 self.save("steps")
 
     def on_epoch_end(self, epoch, logs=None):

@@ -19,6 +19,8 @@ import os
 
 import tensorflow as tf
 
+from training import keras_fixes
+
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
 
@@ -128,19 +130,31 @@ def local_devices(cpu_devices: int) -> list[str]:
     return cpus[:max(1, cpu_devices)] if cpu_devices >= 2 else cpus[:1]
 
 
+_MADE: dict[tuple, StrategyInfo] = {}
+
+
 def make_strategy(requested: str = "auto", cpu_devices: int = 0, environ=os.environ) -> StrategyInfo:
-    """Split the CPU if asked, then build the strategy `choose_strategy` picks."""
+    """Split the CPU if asked, then build the strategy `choose_strategy` picks.
+
+    One strategy per request and process: a second MirroredStrategy over the same devices would reuse
+    the first one's collective keys with other tensor shapes, so later runs in a process share it.
+    """
+    key = (requested, cpu_devices, environ.get("TF_CONFIG", ""))
+    if key not in _MADE:
+        _MADE[key] = _make_strategy(requested, cpu_devices, environ)
+    return _MADE[key]
+
+
+def _make_strategy(requested: str, cpu_devices: int, environ) -> StrategyInfo:
     cluster, task_type, task_index = cluster_from_env(environ)
     workers = cluster_size(cluster)
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     name = choose_strategy(requested, num_gpus=num_gpus, cpu_devices=cpu_devices, num_workers=workers)
+    keras_fixes.apply()
     if name == "multi_worker":
-        from training import multi_worker_fix
-
-        multi_worker_fix.apply()
         # Created before anything else touches the runtime: collective ops are configured at startup.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        devices = tuple(d.split("/")[-1] for d in strategy.extended.worker_devices)
+        devices = tuple("/" + d.split("/")[-1] for d in strategy.extended.worker_devices)
         return StrategyInfo(strategy, name, devices, workers, is_chief_task(cluster, task_type, task_index),
                             task_index)
     split_cpu(cpu_devices)

@@ -346,7 +346,9 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     keeper = cb.BestModelKeeper(run.model_dir / BEST_FILE, monitor, mode,
                                 best=cb.best_in_history(recorder.rows, monitor, mode), is_chief=strategy.is_chief)
     stopper = cb.GracefulStop()
-    callbacks = [stopper, nan_guard, *task.callbacks(run, model), checkpointer, recorder, keeper]
+    # The epoch's history row and best model are written before its checkpoint: a run killed in between
+    # redoes the end of the epoch and rewrites the row, instead of resuming past an epoch it never recorded.
+    callbacks = [stopper, nan_guard, *task.callbacks(run, model), recorder, keeper, checkpointer]
     calibration = task.calibration_dataset(run, seed=config.seed + step + 1)
     if config.bn_recalibration and calibration is not None and cb.batch_norm_layers(model):
         # First, so that validation, checkpoints and the best model all see recalibrated statistics.
