@@ -32,7 +32,9 @@ def run_tool(*args: str) -> None:
     """Run train_sketch_net.py as a user would; stop the demo if it fails."""
     command = [sys.executable, "train_sketch_net.py", *args]
     print("$ " + " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise SystemExit(f"demo stopped: train_sketch_net.py {args[1]} exited with {result.returncode}")
 
 
 def main() -> int:
@@ -56,21 +58,20 @@ def main() -> int:
     step("3. verify")
     print(verify.verify(data_dir))
 
-    if pathlib.Path("train_sketch_net.py").is_file():
-        common = ["-data_path", str(data_dir), "-model_dir", str(model_dir)]
-        step("4. train")
-        run_tool("-mode", "train", "-preset", "demo", *common)
-        step("5. evaluate")
-        run_tool("-mode", "evaluate", *common)
-        step("6. test (retrieval on penultimate features)")
-        run_tool("-mode", "test", *common)
-        step("7. export")
-        run_tool("-mode", "export", *common)
-        evaluation = json.loads((model_dir / "evaluate.json").read_text())
-        similarity = json.loads((model_dir / "similarity.json").read_text())
-        step("summary")
-        print(f"test top-1 accuracy {evaluation['top1_accuracy']:.3f}, top-5 {evaluation['top5_accuracy']:.3f}, "
-              f"leave-one-out L2 mAP {similarity['map']:.3f}; exported to {model_dir / 'export'}")
+    common = ["-data_path", str(data_dir), "-model_dir", str(model_dir)]
+    step("4. train")
+    run_tool("-mode", "train", "-preset", "demo", *common)
+    step("5. evaluate")
+    run_tool("-mode", "evaluate", *common)
+    step("6. test (retrieval on penultimate features)")
+    run_tool("-mode", "test", *common)
+    step("7. export")
+    run_tool("-mode", "export", *common)
+    evaluation = json.loads((model_dir / "evaluate.json").read_text())
+    similarity = json.loads((model_dir / "similarity.json").read_text())
+    step("summary")
+    print(f"test top-1 accuracy {evaluation['top1_accuracy']:.3f}, top-5 {evaluation['top5_accuracy']:.3f}, "
+          f"leave-one-out L2 mAP {similarity['map']:.3f}; exported to {model_dir / 'export'}")
     print(f"\ndemo finished in {time.time() - started:.0f} s; outputs in {OUT}")
     return 0
 
