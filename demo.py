@@ -69,7 +69,10 @@ def main() -> int:
     run_tool("-mode", "export", *common)
     evaluation = json.loads((model_dir / "evaluate.json").read_text())
     similarity = json.loads((model_dir / "similarity.json").read_text())
+    epochs = json.loads((model_dir / "train_history.json").read_text())["epochs"]
     step("summary")
+    print(f"trained {len(epochs)} epochs ({epochs[-1]['step']} steps) in {sum(e['seconds'] for e in epochs):.0f} s, "
+          f"{epochs[-1]['images_per_second']:.0f} images/s in the last epoch")
     print(f"test top-1 accuracy {evaluation['top1_accuracy']:.3f}, top-5 {evaluation['top5_accuracy']:.3f}, "
           f"leave-one-out L2 mAP {similarity['map']:.3f}; exported to {model_dir / 'export'}")
     print(f"\ndemo finished in {time.time() - started:.0f} s; outputs in {OUT}")

@@ -205,25 +205,44 @@ def test_help_explains_the_flags():
     assert "Override order" in done.stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "image_size", "channels", "model", "no_run"])
-def test_bad_input_is_a_clear_error(case, quickdraw_28px, tmp_path):
+@pytest.mark.parametrize("case", ["missing", "image_size", "model"])
+def test_bad_input_at_the_command_line_is_a_clear_error(case, quickdraw_28px, tmp_path):
     data = str(quickdraw_28px)
     args, expected = {
         "missing": (["-data_path", str(tmp_path / "nowhere")], "does not exist. Build one with `python -m data_prep"),
-        "empty": (["-data_path", str(tmp_path)], "is not a built data set"),
         "image_size": (["-data_path", data, "-image_size", "64"], "-image_size 64 does not match"),
-        "channels": (["-data_path", data, "-channels", "3"], "-channels 3 does not match"),
         "model": (["-data_path", data, "-model", "resnet50"], "Unknown model 'resnet50'. Valid: "),
-        "no_run": (["-mode", "evaluate"], "holds no trained run"),
     }[case]
     done = run_tool("-model_dir", str(tmp_path / "run"), *args)
     assert done.returncode == trainer.EXIT_ERROR, done.stderr[-2000:]
-    assert expected in done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
     if case == "model":
         assert all(name in done.stderr for name in ("sketch_a_net", "sknet", "skresnet"))
-    if case in ("missing", "empty"):
-        assert "Build one with `python -m data_prep.quickdraw build" in done.stderr
-    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("case", ["empty", "no_train_split", "channels", "no_run", "shaping", "epochs"])
+def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp_path):
+    """The same checks as above, in process (each message is what the CLI prints)."""
+    empty_train = tmp_path / "empty_train"
+    if case == "no_train_split":
+        empty_train.mkdir()
+        info = json.loads((quickdraw_28px / "dataset_info.json").read_text())
+        info["splits"]["train"]["num_examples"] = 0
+        (empty_train / "dataset_info.json").write_text(json.dumps(info))
+    values, expected = {
+        "empty": ({"data_path": str(tmp_path)}, "is not a built data set"),
+        "no_train_split": ({"data_path": str(empty_train)}, "'train' split of the data set at"),
+        "channels": ({"data_path": str(quickdraw_28px), "channels": 3}, "-channels 3 does not match"),
+        "no_run": ({"mode": "evaluate"}, "holds no trained run (train_config.json missing)"),
+        "shaping": ({"mode": "evaluate", "model_dir": str(trained), "model": "skresnet"},
+                    "-model 'skresnet' (the run has 'sknet')"),
+        "epochs": ({"data_path": str(quickdraw_28px), "epochs": 0}, "Invalid value for -epochs: 0"),
+    }[case]
+    values = {"mode": "train", "model_dir": str(tmp_path / "run"), **values}
+    with pytest.raises(trainer.ToolError, match=re.escape(expected)) as error:
+        trainer.prepare_run(*trainer.resolve("", values))
+    if case == "empty":
+        assert "Build one with `python -m data_prep.quickdraw build" in str(error.value)
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quickdraw_28px, tmp_path):
