@@ -307,3 +307,24 @@ def test_figures_are_written(tmp_path):
     confusion = plots.plot_confusion(np.array([[3, 1], [0, 0]]), ["a", "b"], tmp_path / "confusion.png")
     for path in (curves, confusion):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
+
+
+def test_start_weights_resume_wins_over_ckpt_which_warm_starts_a_fresh_run(tmp_path):
+    source = tiny_model(seed=3)
+    source.save(tmp_path / "start.keras")
+    model = tiny_model(seed=4)
+    trainer.ensure_optimizer_built(model)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    note = trainer._start_weights(model, store, str(tmp_path / "start.keras"))
+    assert note == f"starting from the weights of {tmp_path / 'start.keras'}"
+    for a, b in zip(source.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    fit_steps(model, 2)
+    store.save(model, epoch=0)
+    again = tiny_model(seed=5)
+    trainer.ensure_optimizer_built(again)
+    note = trainer._start_weights(again, store, str(tmp_path / "start.keras"))
+    assert note.startswith("resuming from ckpt-00000002.weights.h5 (step 2") and "ignored" in note
+    assert int(again.optimizer.iterations.numpy()) == 2
+    with pytest.raises(trainer.ToolError, match="-ckpt .* is not a file"):
+        trainer._start_weights(tiny_model(), CheckpointStore(tmp_path / "none"), str(tmp_path / "missing.keras"))
