@@ -39,7 +39,7 @@ import tensorflow as tf
 
 import models
 from configuration_sketch import EmbeddingConfig, MetricPipelineConfig, TrainConfig
-from data_prep import metric_pipelines, tfrecords
+from data_prep import metric_pipelines
 from models import embedding
 from models.deephash import check_bits, codes_from_outputs
 from models.registry import check_dimensions, check_fraction
@@ -131,7 +131,8 @@ def check_batches(run: Run, split: str, replicas: int = 1) -> None:
         if run.pipeline.batch_size % replicas:
             raise ValueError(f"Invalid value for -batch_size: {run.pipeline.batch_size} pairs. Expected a multiple of "
                              f"the {replicas} replicas.")
-        flags = f"-pair_classes {pipe.pair_classes}: 4 records of each class, {'2 sketches + 2 photos' if cross else 'one domain'}"
+        records = "2 sketches + 2 photos" if cross else "one domain"
+        flags = f"-pair_classes {pipe.pair_classes}: 4 records of each class, {records}"
         plan = (pipe.pair_classes, 4, 2 if cross else -1)
     else:
         embedding.check_pk(pipe.classes_per_batch, pipe.per_class, replicas)
@@ -291,7 +292,8 @@ def code_statistics(u: np.ndarray) -> dict:
     return {"bits": int(u.shape[1]), "quantization_error": float(np.mean(np.sum((np.where(u > 0, 1.0, -1.0) - u) ** 2,
                                                                                 axis=1))),
             "mean_abs_output": float(np.mean(np.abs(u))),
-            "bit_balance": {"mean_ones": float(ones.mean()), "min_ones": float(ones.min()), "max_ones": float(ones.max())},
+            "bit_balance": {"mean_ones": float(ones.mean()), "min_ones": float(ones.min()),
+                            "max_ones": float(ones.max())},
             "distinct_codes": int(len(np.unique(packed, axis=0))), "items": int(len(u))}
 
 
@@ -402,11 +404,11 @@ class MetricLearningTask(Task):
         except ValueError as e:
             result.update(loss=None, loss_note=f"no training batches from split {split!r}: {e}")
         else:
-            model.compile(loss=models.make_loss(run.config(EmbeddingConfig), run.model.model))
-            stream = self._stream(run, split, seed=run.train.seed, repeat=False)
-            batches = sum(1 for _ in stream)
-            result["loss"] = float(model.evaluate(stream, steps=batches, verbose=0, return_dict=True)["loss"]) \
-                if batches else None
+            loss = models.make_loss(run.config(EmbeddingConfig), run.model.model)
+            step = tf.function(lambda x, y: loss(y, model(x, training=False)), reduce_retracing=True)
+            values = [float(step(x, y)) for x, y in self._stream(run, split, seed=run.train.seed, repeat=False)]
+            batches = len(values)
+            result["loss"] = float(np.mean(values)) if batches else None
             result["loss_batches"] = batches
             result["loss_note"] = ("the training loss (with its miner) averaged over one pass of the split in "
                                    "training batches" if batches else "the split gave no complete batch")
@@ -421,16 +423,17 @@ class MetricLearningTask(Task):
         from retrieval.plots import plot_embedding
 
         png = run.model_dir / EMBEDDING_PNG.format(split=split)
-        features = embedded.queries if embedded.gallery is None else np.concatenate([embedded.queries, embedded.gallery])
-        labels = embedded.query_meta["label"] if embedded.gallery is None else np.concatenate(
-            [embedded.query_meta["label"], embedded.gallery_meta["label"]])
+        features, labels = embedded.queries, embedded.query_meta["label"]
+        if embedded.gallery is not None:
+            features = np.concatenate([features, embedded.gallery])
+            labels = np.concatenate([labels, embedded.gallery_meta["label"]])
         plot_embedding(codes_from_outputs(features) if codes else features, labels, png, method="pca",
                        class_names=run.class_names, max_points=2000, seed=run.train.seed,
                        title=f"{run.model.model}, {split} split: PCA of the {'codes' if codes else 'embeddings'}")
         result["embedding_png"] = png.name
         loss = "n/a" if result.get("loss") is None else f"{result['loss']:.4f}"
-        result["summary"] = (f"evaluate ({split}, {result['num_examples']} images): loss {loss}, "
-                             f"{report['metric']} mAP {report['map']:.4f}, 1-NN accuracy {report['knn_accuracy@1']:.4f}")
+        result["summary"] = (f"evaluate ({split}, {result['num_examples']} images): loss {loss}, {report['metric']} "
+                             f"mAP {report['map']:.4f}, 1-NN accuracy {report['knn_accuracy@1']:.4f}")
         return result
 
     def test(self, run: Run, model: keras.Model) -> dict:
