@@ -31,6 +31,7 @@ bench: venv
 	$(PY) -m bench.input_pipeline
 	$(PY) -m bench.sketchy
 	$(PY) -m bench.similarity
+	$(PY) -m bench.retrieval_quality
 
 clean:
 	rm -rf $(VENV) demo_out
