@@ -84,7 +84,8 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
     """Batches of (image float32 [B, H, W, C] in [0, 1], label int32 [B]) from one split.
 
     With `shuffle=False` the order is fixed (evaluation); with `with_key_ids=True` each
-    element is (image, label, key_id).
+    element is (image, label, id), the id being the feature dataset_info.json names as its
+    `id_feature` (Quick, Draw!: key_id; Sketchy: item_id).
     """
     if batch_size < 1:
         raise ValueError(f"Invalid value for argument `batch_size`: {batch_size}. Expected >= 1.")
@@ -94,13 +95,17 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise tfrecords.DatasetInfoError(f"Shards listed in dataset_info.json are missing: {missing[:3]}")
-    names = ["image", "label"] + (["key_id"] if with_key_ids else [])
+    id_feature = info.get("id_feature", "key_id")
+    if with_key_ids and id_feature not in specs:
+        raise tfrecords.DatasetInfoError(f"The data set at {str(data_dir)!r} stores no {id_feature!r} feature to "
+                                         f"identify its records; rebuild it with this version of data_prep.")
+    names = ["image", "label"] + ([id_feature] if with_key_ids else [])
 
     def parse(serialized):
         features = parse_batch(serialized, specs, names)
         image = to_float_images(features["image"], image_size, channels)
         label = tf.cast(features["label"], tf.int32)
-        return (image, label, features["key_id"]) if with_key_ids else (image, label)
+        return (image, label, features[id_feature]) if with_key_ids else (image, label)
 
     ds = record_dataset(files, shuffle=shuffle, seed=seed, cycle_length=cycle_length,
                         shuffle_buffer=shuffle_buffer, repeat=repeat)

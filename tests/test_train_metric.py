@@ -253,6 +253,33 @@ def test_sketchy_settings_are_refused_before_training(sketchy_32px, tmp_path):
     assert task.batch_size(run) == 48  # P x K images, whatever -batch_size says
 
 
+@pytest.mark.slow
+def test_classifier_on_sketchy_tests_with_item_ids_and_sketch_to_photo(sketchy_32px, tmp_path):
+    """skNet trained on Sketchy's sketches and photos: -mode test identifies records by the data set's
+    id feature (item_id; Sketchy has no key_id) and adds the sketch-to-photo protocol."""
+    model_dir = tmp_path / "sknet"
+    done = run_tool("-mode", "train", "-preset", "smoke", "-model", "sknet", "-data_path", str(sketchy_32px),
+                    "-model_dir", str(model_dir), "-bn_recalibration", "2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = run_api(mode="test", model_dir=str(model_dir))
+    info = json.loads((sketchy_32px / "dataset_info.json").read_text())
+    per_domain = info["per_domain"]["test"]
+    assert report["id_feature"] == "item_id"
+    assert report["num_queries"] == per_domain["sketch"] + per_domain["photo"]  # leave-one-out over all images
+    saved = read_npz(model_dir / "features_test.npz")
+    assert saved["features"].shape == (report["num_queries"], 1024)
+    ids = [key.decode() if isinstance(key, bytes) else str(key) for key in saved["key_ids"].tolist()]
+    assert len(set(ids)) == report["num_queries"]  # every item_id once
+    names = info["classes"]
+    assert [key.split("/")[0] for key in ids] == [names[label] for label in saved["labels"]]  # "<category>/<stem>"
+
+    cross = report["sketch_to_photo"]
+    assert cross["mode"] == "query_gallery" and cross["metric"] == "l2"
+    assert (cross["num_queries"], cross["num_gallery"]) == (per_domain["sketch"], per_domain["photo"])
+    assert 0.0 < cross["map"] <= 1.0 and 0.0 <= cross["instance_accuracy@1"] <= cross["instance_accuracy@10"] <= 1.0
+    assert json.loads((model_dir / "similarity.json").read_text())["sketch_to_photo"] == pytest.approx(cross)
+
+
 # ---------------------------------------------------------------- helpers
 
 

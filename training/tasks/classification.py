@@ -4,7 +4,9 @@
   confusion-matrix PNG for the test split (and the train split with -evaluate_train).
 - test: the `features` layer (penultimate, 1024 wide for skNet) of every test image to
   features_test.npz, and the leave-one-out retrieval metrics of retrieval.metrics.evaluate
-  (L2; key `map`) for similarity.json, the original tool's meaning of "test".
+  (L2; key `map`) for similarity.json, the original tool's meaning of "test". On a sketch/photo
+  data set (Sketchy) also `sketch_to_photo`: sketch queries against the photo gallery, the metric
+  task's protocol, so classifier features are the baseline the embedding models are judged by.
 - export: training.export.export_model, kind 'classifier' (classify and embed endpoints).
 """
 
@@ -22,7 +24,7 @@ from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
 from training import evaluation, export, plots
 from training.augment import build_augmenter
-from training.tasks import Run, Task
+from training.tasks import Run, Task, metric
 
 FEATURES_LAYER = "features"
 RETRIEVAL_K = (1, 10, 100)
@@ -107,7 +109,17 @@ class ClassificationTask(Task):
         report = retrieval_metrics.evaluate(features, labels, query_ids=key_ids, metric="l2", k=RETRIEVAL_K)
         report["features_file"] = path.name
         report["features_layer"] = FEATURES_LAYER
+        report["id_feature"] = run.info.get("id_feature", "key_id")
+        if metric.is_cross_domain(run.info):
+            report["sketch_to_photo"] = self._sketch_to_photo(run, model)
         return report
+
+    def _sketch_to_photo(self, run: Run, model: keras.Model) -> dict:
+        """The test split's sketches ranked against its photos by L2 between `features` (category mAP,
+        precision@K, and instance acc@K: is the sketch's own photo first)."""
+        network = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output, name="classifier_features")
+        embedded = metric.embed_split(run, network, self.test_split)
+        return metric.summary_of(metric.retrieval_report(embedded))
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         return export.export_model(model, export_dir, class_names=run.class_names,
