@@ -51,6 +51,9 @@ DOMAIN_BRANCHES = {"sketch": "sketch_branch", "photo": "photo_branch"}
 # Margins used when the config leaves `margin` at AUTO_MARGIN: each loss's usual value.
 AUTO_MARGIN = -1.0
 DEFAULT_MARGINS = {"triplet": 0.2, "contrastive": 1.0, "deephash": 0.5}
+# Semi-hard (FaceNet) by default: batch-hard from random initialisation collapsed every embedding to
+# one point (loss stuck at the margin) in our runs on Quick, Draw! and Sketchy; semi-hard learned.
+AUTO_TRIPLET_MINER = "semi_hard"
 
 
 # ---------------------------------------------------------------- backbones
@@ -305,7 +308,7 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
     """The Keras loss that trains `model` ('siamese', 'triplet' or 'deephash') as `config` says.
 
     siamese: PairContrastiveLoss on (pair, same) batches (loss 'auto' or 'contrastive'; no miner).
-    triplet: loss 'auto'/'triplet' -> TripletLoss (miner 'auto' = batch_hard, batch_all, semi_hard);
+    triplet: loss 'auto'/'triplet' -> TripletLoss (miner 'auto' = semi_hard, batch_hard, batch_all);
         'contrastive' -> in-batch ContrastiveLoss (miner 'auto'/'none' = all pairs, hard_negative).
     deephash: loss 'auto'/'triplet' -> DeepHashLoss (triplet + quantization_weight * quantization
         loss, margin ramped from margin_start over margin_ramp_steps when > 0).
@@ -331,7 +334,7 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
     allowed = ("auto", *TRIPLET_MINERS)
     if miner not in allowed:
         raise _choice_error("miner", miner, allowed, "triplet miners")
-    miner = "batch_hard" if miner == "auto" else miner
+    miner = AUTO_TRIPLET_MINER if miner == "auto" else miner
     if model == "triplet":
         return losses.TripletLoss(_margin(config, "triplet"), miner)
     margin = _margin(config, "deephash")

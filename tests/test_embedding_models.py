@@ -268,8 +268,8 @@ def test_outputs_are_float32_under_mixed_precision():
 # ---------------------------------------------------------------- training on real drawings
 
 TRAIN_CASES = {
-    "triplet_batch_hard": ("triplet", {}, EmbeddingConfig()),
-    "triplet_semi_hard": ("triplet", dict(embedding_dim=64), EmbeddingConfig(miner="semi_hard")),
+    "triplet_batch_hard": ("triplet", {}, EmbeddingConfig(miner="batch_hard")),
+    "triplet_semi_hard": ("triplet", dict(embedding_dim=64), EmbeddingConfig()),
     "triplet_contrastive": ("triplet", {}, EmbeddingConfig(loss="contrastive", miner="hard_negative")),
     "deephash_ramp": ("deephash", dict(bits=32), EmbeddingConfig(margin_ramp_steps=4, margin_start=0.1)),
     "siamese_shared": ("siamese", {}, EmbeddingConfig()),
@@ -359,7 +359,7 @@ def test_pair_contrastive_loss_matches_the_pair_formula():
 
 def test_make_loss_picks_loss_miner_and_margin():
     made = models.make_loss(EmbeddingConfig(), "triplet")
-    assert type(made) is losses.TripletLoss and (made.miner, made.margin) == ("batch_hard", 0.2)
+    assert type(made) is losses.TripletLoss and (made.miner, made.margin) == ("semi_hard", 0.2)  # auto
     made = models.make_loss(EmbeddingConfig(miner="batch_all", margin=0.3), "triplet")
     assert (made.miner, made.margin) == ("batch_all", 0.3)
     made = models.make_loss(EmbeddingConfig(loss="contrastive"), "triplet")

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
 from training import callbacks as cb
 from training import evaluation, plots, presets, strategy, tasks, trainer
 from training.checkpoints import CheckpointError, CheckpointStore
@@ -270,6 +270,22 @@ def test_saved_run_settings_win_for_evaluation_and_are_enforced_on_resume():
         trainer.merge_saved(given, {"mode", "model"}, saved, "evaluate")
     with pytest.raises(trainer.ToolError, match="other model settings"):
         trainer.merge_saved({TrainConfig: TrainConfig(), ModelConfig: ModelConfig()}, set(), saved, "train")
+
+
+def test_embedding_width_and_bits_are_run_settings_but_the_objective_may_change_on_resume():
+    saved = {"ModelConfig": dataclasses.asdict(ModelConfig(model="deephash")),
+             "EmbeddingConfig": dataclasses.asdict(EmbeddingConfig(embedding_dim=32, bits=16, miner="semi_hard"))}
+    model = ModelConfig(model="deephash")
+    with pytest.raises(trainer.ToolError, match=r"other model settings: -bits 64 \(the run has 16\)"):
+        trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(embedding_dim=32, bits=64)},
+                            {"model", "bits"}, saved, "train")
+    with pytest.raises(trainer.ToolError, match=r"-embedding_dim 128 \(the run has 32\)"):
+        trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(bits=16)}, {"model"}, saved, "train")
+    resumed = trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(
+        embedding_dim=32, bits=16, miner="batch_all", margin=0.4)}, {"model", "miner", "margin"}, saved, "train")
+    assert (resumed[EmbeddingConfig].miner, resumed[EmbeddingConfig].margin) == ("batch_all", 0.4)
+    tested = trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig()}, {"mode"}, saved, "test")
+    assert (tested[EmbeddingConfig].embedding_dim, tested[EmbeddingConfig].bits) == (32, 16)
 
 
 def test_task_registry():

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
 from data_prep import tfrecords
 from training import callbacks as cb
 from training import presets, tasks
@@ -43,9 +43,13 @@ SIMILARITY_FILE = "similarity.json"
 EXPORT_DIR = "export"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
-# Fields a run's weights depend on: taken from the saved run by evaluate/test/export, and refused
-# when a resumed training asks for other values.
-SHAPING_CLASSES = (ModelConfig,)
+# Fields a run's weights depend on (None: every field of the class): taken from the saved run by
+# evaluate/test/export, and refused when a resumed training asks for other values. Loss, miner and
+# margin are not among them: a resumed run may continue with another objective.
+SHAPING_FIELDS: dict[type, tuple[str, ...] | None] = {
+    ModelConfig: None,
+    EmbeddingConfig: ("embedding_dim", "backbone", "l2_normalize", "shared_weights", "bits"),
+}
 # Exit statuses of the CLI.
 EXIT_ERROR = 2
 EXIT_DIVERGED = 3
@@ -113,8 +117,9 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
         names = {f.name for f in dataclasses.fields(cls)}
         stored = {k: v for k, v in stored.items() if k in names}
         current = dataclasses.asdict(config)
-        if cls in SHAPING_CLASSES:
-            asked = current if mode == "train" else {k: v for k, v in current.items() if k in explicit}
+        if cls in SHAPING_FIELDS:
+            shaping = SHAPING_FIELDS[cls] or tuple(current)
+            asked = {k: v for k, v in current.items() if k in shaping and (mode == "train" or k in explicit)}
             if mode == "train":
                 asked = {k: v for k, v in asked.items() if k in explicit or k not in ("image_size", "channels")}
             wrong = _differences(asked, stored)

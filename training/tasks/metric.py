@@ -369,7 +369,7 @@ class MetricLearningTask(Task):
                                                  pair_classes=pipe.pair_classes, **pair_layout(run), **common)
         return metric_pipelines.pk_batches(run.data_path, split, pipe.classes_per_batch, pipe.per_class,
                                            sketches_per_class=pipe.sketches_per_class, chunk_size=pipe.chunk_size,
-                                           **common)
+                                           max_lead=pipe.max_lead, **common)
 
     def _augmenter(self, run: Run) -> keras.Sequential | None:
         if not run.train.augment:
