@@ -109,7 +109,7 @@ def test_salt_and_pepper_config_round_trip_and_validation():
 
 
 def test_augmenter_serializes(images):
-    augmenter = build_augmenter(AugmentConfig(aug_seed=7))
+    augmenter = build_augmenter(AugmentConfig(aug_seed=7, aug_salt_pepper=0.01))
     clone = keras.Sequential.from_config(augmenter.get_config())
     assert [layer.name for layer in clone.layers] == ["flip", "rotate", "shear", "zoom", "translate", "salt_and_pepper"]
     assert clone.get_layer("salt_and_pepper").rate == 0.01
