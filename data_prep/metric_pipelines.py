@@ -256,8 +256,8 @@ def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train"
                sketches_per_class: int = _DEFAULTS.sketches_per_class, domain: str | None = None,
                image_size: int | None = None, channels: int | None = None, seed: int | None = None,
                open_batches: int = _DEFAULTS.open_batches, chunk_size: int = _DEFAULTS.chunk_size,
-               shuffle_buffer: int = _DEFAULTS.shuffle_buffer, cycle_length: int = 4, repeat: bool = True,
-               with_ids: bool = False) -> tf.data.Dataset:
+               max_lead: int = _DEFAULTS.max_lead, shuffle_buffer: int = _DEFAULTS.shuffle_buffer,
+               cycle_length: int = 4, repeat: bool = True, with_ids: bool = False) -> tf.data.Dataset:
     """Class-balanced batches (image float32 [P*K, H, W, C] in [0, 1], label int32 [P*K]).
 
     Each batch holds P = `classes_per_batch` distinct classes with K = `per_class` records
@@ -270,7 +270,8 @@ def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train"
     id_names = _id_names(info, specs) if with_ids else []
     ds = pk_serialized(data_dir, split, classes_per_batch, per_class, sketches_per_class=sketches_per_class,
                        domain=domain, seed=seed, open_batches=open_batches, chunk_size=chunk_size,
-                       shuffle_buffer=shuffle_buffer, cycle_length=cycle_length, repeat=repeat)
+                       max_lead=max_lead, shuffle_buffer=shuffle_buffer, cycle_length=cycle_length,
+                       repeat=repeat)
 
     def parse(keys, records):
         features = parse_batch(records, specs, ["image", "label", *id_names])

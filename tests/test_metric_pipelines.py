@@ -227,6 +227,8 @@ def test_arguments_are_checked(data):
         mp.pk_batches(out, "train", 8, 4, domain="drawing")
     with pytest.raises(tfrecords.DatasetInfoError, match="Unknown split 'valid'"):
         mp.pk_batches(out, "valid", 8, 4)
+    with pytest.raises(ValueError, match="`max_lead`: 0"):  # reaches the batcher (train_sketch_net.py -max_lead)
+        mp.pk_batches(out, "train", 8, 4, sketches_per_class=2, max_lead=0)
 
 
 SPECS = {"image": tfrecords.FeatureSpec("bytes", "uint8", (4, 4, 1), "raw", "image"),
