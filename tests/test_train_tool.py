@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import models
+from configuration_sketch import TrainConfig
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
 from training import callbacks as cb
@@ -191,6 +192,29 @@ def test_mixed_precision_and_xla_run_on_cpu(quickdraw_28px, tmp_path):
     result = run_api(mode="train", preset="smoke", data_path=str(quickdraw_28px), model_dir=str(tmp_path / "xla"),
                      jit_compile=True, epochs=1)
     assert result["final_step"] == 3 and all(np.isfinite(row["loss"]) for row in result["history"])
+
+
+def test_augment_changes_training_batches_only(quickdraw_28px, tmp_path):
+    """-augment (off by default) alters the training stream's images, and training runs with it."""
+    stored = {image.tobytes() for images, _ in load_split(quickdraw_28px, "train", 64).as_numpy_iterator()
+              for image in images}
+
+    def unseen_fraction(augment: bool) -> float:
+        run, task = trainer.prepare_run(*trainer.resolve("smoke", {
+            "mode": "train", "data_path": str(quickdraw_28px), "model_dir": str(tmp_path / "plan"),
+            "augment": augment}))
+        images, _ = next(iter(task.train_dataset(run, seed=5)))
+        images = images.numpy()
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        return float(np.mean([image.tobytes() not in stored for image in images]))
+
+    assert unseen_fraction(False) == 0.0  # the stored drawings, as evaluation sees them
+    assert unseen_fraction(True) > 0.5  # transformed: no longer any stored drawing
+    result = run_api(mode="train", preset="smoke", data_path=str(quickdraw_28px), model_dir=str(tmp_path / "aug"),
+                     augment=True, epochs=1)
+    assert result["final_step"] == 3 and all(np.isfinite(row["loss"]) for row in result["history"])
+    saved = json.loads((tmp_path / "aug" / "train_config.json").read_text())["configs"]
+    assert saved["TrainConfig"]["augment"] is True and TrainConfig().augment is False
 
 
 # ---------------------------------------------------------------- the command line

@@ -7,7 +7,7 @@ defaults, then the preset, then the flags given on the command line, in that ord
 - `original`: the original skNet tool's recipe, to compare with ours in the same run: Adam at a
   constant 1e-4, batch 10, no augmentation, 128 px images (needs a data set built at 128 px).
 - `default`: our recipe, which is the dataclass defaults: AdamW 1e-3 with weight decay 0.05 and
-  cosine decay, batch 256, augmentation on, batch-norm momentum 0.9 (short runs evaluate
+  cosine decay, batch 256, no augmentation (-augment turns it on), batch-norm momentum 0.9 (short runs evaluate
   correctly; see ModelConfig.bn_momentum).
 - `demo`: what `make demo` trains: skNet on the embedded 28 px doodles, 3 epochs of 80 steps of 64
   (15,360 images seen), 2 to 3 minutes on 2 CPU cores.
