@@ -91,8 +91,8 @@ class AugmentConfig:
     """Training-only augmentation (training/augment.py); rates suit line drawings on a 0 background.
 
     Used with -augment. Mild rates, chosen on real Quick, Draw! drawings (skNet, 28 px, 20 classes):
-    at 312 steps flips with 5% shift/zoom/shear and 5 degrees gave 0.57 test top-1 against 0.52
-    without augmentation and 0.49 with twice these rates plus 1% salt-and-pepper; at 104 steps the
+    at 312 steps flips with 5% shift/zoom/shear and 5 degrees gave 0.598 test top-1, against 0.573
+    with twice these rates plus 1% salt-and-pepper and 0.512 without augmentation. At 104 steps the
     stronger rates held training accuracy at 0.25 (BENCHMARKS.md).
     """
 
@@ -259,8 +259,8 @@ class TrainConfig:
                                 "(1 - learning_rate * weight_decay); batch-norm and bias weights are exempt. "
                                 "0 disables; adam ignores it.")
     augment: bool = field(False, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
-                          "never at evaluation. Off by default: on real Quick, Draw! drawings it lowered test "
-                          "accuracy in runs of a few hundred steps (BENCHMARKS.md); worth it for long runs on "
+                          "never at evaluation. Off by default: on real Quick, Draw! drawings it cost test accuracy "
+                          "at 104 steps and retrieval mAP at 312 (BENCHMARKS.md); worth trying for long runs on "
                           "small data sets.")
     mixed_precision: bool = field(False, "Compute in 16-bit floats, keep weights in float32: mixed_float16 "
                                   "on GPU, mixed_bfloat16 on CPU.")
