@@ -247,8 +247,7 @@ def _ids_of(features: dict[str, tf.Tensor], id_names: list[str]) -> dict[str, tf
 
 
 def _id_names(info: dict[str, Any], specs: dict[str, tfrecords.FeatureSpec]) -> list[str]:
-    id_feature = info.get("id_feature", "key_id" if "key_id" in specs else None)
-    return [n for n in dict.fromkeys([id_feature, "photo_id", "domain_id"]) if n in specs]
+    return [n for n in dict.fromkeys([tfrecords.id_feature(info, specs), "photo_id", "domain_id"]) if n in specs]
 
 
 def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train",

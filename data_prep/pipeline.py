@@ -95,10 +95,10 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise tfrecords.DatasetInfoError(f"Shards listed in dataset_info.json are missing: {missing[:3]}")
-    id_feature = info.get("id_feature", "key_id")
+    id_feature = tfrecords.id_feature(info, specs)
     if with_key_ids and id_feature not in specs:
-        raise tfrecords.DatasetInfoError(f"The data set at {str(data_dir)!r} stores no {id_feature!r} feature to "
-                                         f"identify its records; rebuild it with this version of data_prep.")
+        raise tfrecords.DatasetInfoError(f"The data set at {str(data_dir)!r} stores no {id_feature or 'key_id'!r} "
+                                         f"feature to identify its records; rebuild it with this version of data_prep.")
     names = ["image", "label"] + ([id_feature] if with_key_ids else [])
 
     def parse(serialized):

@@ -195,6 +195,12 @@ def feature_specs(info: dict[str, Any]) -> dict[str, FeatureSpec]:
     }
 
 
+def id_feature(info: dict[str, Any], specs: dict[str, FeatureSpec]) -> str | None:
+    """The feature that identifies a record: the `id_feature` dataset_info.json names (Sketchy:
+    item_id), else key_id when stored (Quick, Draw!), else None."""
+    return info.get("id_feature", "key_id" if "key_id" in specs else None)
+
+
 def shard_paths(data_dir: str | os.PathLike, info: dict[str, Any], split: str) -> list[pathlib.Path]:
     """Paths of the shards of `split`; unknown split -> error listing the ones there are."""
     splits = info["splits"]

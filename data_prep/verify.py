@@ -88,7 +88,7 @@ def verify(data_dir: str | os.PathLike) -> dict[str, Any]:
     classes = info["classes"]
     if len(set(classes)) != len(classes):
         raise VerificationError("dataset_info.json lists a class twice")
-    id_feature = info.get("id_feature", "key_id" if "key_id" in specs else None)
+    id_feature = tfrecords.id_feature(info, specs)
     seen_ids: dict[str, str] = {}
     summary: dict[str, Any] = {"splits": {}}
     for split, split_info in info["splits"].items():

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
+from data_prep import tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
 from training import evaluation, export, plots
@@ -109,7 +110,7 @@ class ClassificationTask(Task):
         report = retrieval_metrics.evaluate(features, labels, query_ids=key_ids, metric="l2", k=RETRIEVAL_K)
         report["features_file"] = path.name
         report["features_layer"] = FEATURES_LAYER
-        report["id_feature"] = run.info.get("id_feature", "key_id")
+        report["id_feature"] = tfrecords.id_feature(run.info, tfrecords.feature_specs(run.info))
         if metric.is_cross_domain(run.info):
             report["sketch_to_photo"] = self._sketch_to_photo(run, model)
         return report
