@@ -253,6 +253,9 @@ class TrainConfig:
     learning_rate: float = field(1e-3, "Peak learning rate.")
     lr_schedule: str = field("cosine", "constant, or cosine decay to 0 over all epochs (follows the optimizer "
                              "step, so a resumed run continues the curve).", choices=("constant", "cosine"))
+    warmup_steps: int = field(0, "Raise the learning rate linearly from 0 to -learning_rate over this many "
+                              "first steps, then follow -lr_schedule over the rest (0: no warm-up). Steadies "
+                              "large-batch and hashing runs whose first steps at the peak rate can diverge.")
     optimizer: str = field("adamw", "adam, adamw (decoupled weight decay) or sgd (momentum 0.9, Nesterov).",
                            choices=("adam", "adamw", "sgd"))
     weight_decay: float = field(0.05, "Decoupled weight decay of adamw and sgd: each step scales weights by "

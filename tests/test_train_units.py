@@ -310,6 +310,20 @@ def test_optimizers_of_the_recipes():
     assert sgd.nesterov and sgd.weight_decay is None
 
 
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    """-warmup_steps: 0 at step 0, the peak at the end of the warm-up, then cosine to 0 (or held, constant)."""
+    cosine = trainer.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10), total_steps=110)
+    constant = trainer.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10, lr_schedule="constant"),
+                                              110)
+    rates = {step: (float(cosine(step)), float(constant(step))) for step in (0, 5, 10, 60, 110)}
+    assert rates[0] == (pytest.approx(0.0), pytest.approx(0.0))
+    assert rates[5] == (pytest.approx(5e-4), pytest.approx(5e-4))
+    assert rates[10] == (pytest.approx(1e-3), pytest.approx(1e-3))
+    assert rates[60][0] == pytest.approx(5e-4, rel=1e-3) and rates[60][1] == pytest.approx(1e-3)  # half-way down
+    assert rates[110][0] == pytest.approx(0.0, abs=1e-9) and rates[110][1] == pytest.approx(1e-3)
+    assert trainer.learning_rate_schedule(TrainConfig(lr_schedule="constant", learning_rate=3e-4), 50) == 3e-4
+
+
 # ---------------------------------------------------------------- figures
 
 

@@ -195,7 +195,7 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size)):
         if value < 1:
             raise ToolError(f"Invalid value for -{name}: {value}. Expected an integer >= 1.")
-    for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration"):
+    for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration", "warmup_steps"):
         if getattr(train, name) < 0:
             raise ToolError(f"Invalid value for -{name}: {getattr(train, name)}. Expected an integer >= 0.")
     if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
@@ -205,6 +205,10 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
         task.check(run)
     except ValueError as e:
         raise ToolError(str(e)) from None
+    if train.mode == "train" and train.warmup_steps >= train.epochs * steps_per_epoch(run, task):
+        raise ToolError(f"-warmup_steps {train.warmup_steps} leaves no step of the run's "
+                        f"{train.epochs * steps_per_epoch(run, task)} ({train.epochs} epochs x "
+                        f"{steps_per_epoch(run, task)} steps) after the warm-up; lower it.")
     if saved and train.mode == "train":
         saved_classes = (json.loads((model_dir / RUN_CONFIG_FILE).read_text()).get("dataset") or {}).get("classes")
         if saved_classes is not None and saved_classes != run.class_names:
@@ -241,11 +245,20 @@ def set_precision(mixed: bool) -> str:
     return policy
 
 
+def learning_rate_schedule(train: TrainConfig, total_steps: int) -> Any:
+    """The recipe's learning rate: a number (constant) or a schedule of the optimizer step over `total_steps`."""
+    if train.lr_schedule == "constant" and not train.warmup_steps:
+        return train.learning_rate
+    # alpha=1 holds the peak after the warm-up: the constant schedule with a warm-up.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if train.warmup_steps else train.learning_rate, decay_steps=max(1, total_steps - train.warmup_steps),
+        alpha=0.0 if train.lr_schedule == "cosine" else 1.0,
+        warmup_target=train.learning_rate if train.warmup_steps else None, warmup_steps=train.warmup_steps)
+
+
 def make_optimizer(train: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
     """The optimizer of the recipe, with its learning-rate schedule over `total_steps`."""
-    rate: Any = train.learning_rate
-    if train.lr_schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=max(1, total_steps), alpha=0.0)
+    rate = learning_rate_schedule(train, total_steps)
     decay = train.weight_decay if train.weight_decay > 0 else None
     if train.optimizer == "adam":
         optimizer = keras.optimizers.Adam(rate)
