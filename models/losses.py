@@ -325,7 +325,7 @@ class DeepHashLoss(TripletLoss):
         miner: str = "batch_hard",
         squared: bool = False,
         distance: str = "l2",
-        quantization_weight: float = 0.1,
+        quantization_weight: float = 0.01,
         margin_start: float | None = None,
         margin_ramp_steps: int = 0,
         name: str = "deep_hash_loss",

@@ -248,7 +248,8 @@ def test_bad_input_at_the_command_line_is_a_clear_error(case, quickdraw_28px, tm
         assert all(name in done.stderr for name in ("sketch_a_net", "sknet", "skresnet"))
 
 
-@pytest.mark.parametrize("case", ["empty", "no_train_split", "channels", "no_run", "shaping", "epochs", "warmup"])
+@pytest.mark.parametrize("case", ["empty", "no_train_split", "channels", "no_run", "shaping", "epochs", "warmup",
+                                  "warmup_negative"])
 def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp_path):
     """The same checks as above, in process (each message is what the CLI prints)."""
     empty_train = tmp_path / "empty_train"
@@ -267,6 +268,8 @@ def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp
         "epochs": ({"data_path": str(quickdraw_28px), "epochs": 0}, "Invalid value for -epochs: 0"),
         "warmup": ({"data_path": str(quickdraw_28px), "epochs": 2, "steps_per_epoch": 5, "warmup_steps": 10},
                    "-warmup_steps 10 leaves no step of the run's 10 (2 epochs x 5 steps)"),
+        "warmup_negative": ({"data_path": str(quickdraw_28px), "warmup_steps": -2},
+                            "Invalid value for -warmup_steps: -2. Expected an integer >= 0, or -1"),
     }[case]
     values = {"mode": "train", "model_dir": str(tmp_path / "run"), **values}
     with pytest.raises(trainer.ToolError, match=re.escape(expected)) as error:

@@ -302,7 +302,9 @@ def test_task_registry():
 def test_optimizers_of_the_recipes():
     adamw = trainer.make_optimizer(TrainConfig(), total_steps=100)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.05)
-    assert float(adamw.learning_rate) == pytest.approx(1e-3)  # cosine at step 0
+    assert float(adamw.learning_rate) == pytest.approx(0.0)  # the default warm-up starts at 0
+    no_warmup = trainer.make_optimizer(TrainConfig(warmup_steps=0), total_steps=100)
+    assert float(no_warmup.learning_rate) == pytest.approx(1e-3)  # cosine at step 0
     original, _ = presets.resolve_configs(CLASSES, "original", {})
     adam = trainer.make_optimizer(original[TrainConfig], total_steps=100)
     assert type(adam) is keras.optimizers.Adam and float(adam.learning_rate) == pytest.approx(1e-4)
@@ -321,7 +323,11 @@ def test_warmup_rises_linearly_then_follows_the_schedule():
     assert rates[10] == (pytest.approx(1e-3), pytest.approx(1e-3))
     assert rates[60][0] == pytest.approx(5e-4, rel=1e-3) and rates[60][1] == pytest.approx(1e-3)  # half-way down
     assert rates[110][0] == pytest.approx(0.0, abs=1e-9) and rates[110][1] == pytest.approx(1e-3)
-    assert trainer.learning_rate_schedule(TrainConfig(lr_schedule="constant", learning_rate=3e-4), 50) == 3e-4
+    assert trainer.learning_rate_schedule(TrainConfig(lr_schedule="constant", learning_rate=3e-4, warmup_steps=0),
+                                          50) == 3e-4
+    auto = trainer.learning_rate_schedule(TrainConfig(learning_rate=1e-3), total_steps=200)  # -1: a tenth
+    assert [float(auto(step)) for step in (0, 10, 20)] == [0.0, pytest.approx(5e-4), pytest.approx(1e-3)]
+    assert trainer.warmup_steps(TrainConfig(), 6) == 0 and trainer.warmup_steps(TrainConfig(warmup_steps=3), 6) == 3
 
 
 # ---------------------------------------------------------------- figures

@@ -5,10 +5,11 @@ AugmentConfig, ...) to values. `resolve_configs` builds each config from its dat
 defaults, then the preset, then the flags given on the command line, in that order.
 
 - `original`: the original skNet tool's recipe, to compare with ours in the same run: Adam at a
-  constant 1e-4, batch 10, no augmentation, 128 px images (needs a data set built at 128 px).
-- `default`: our recipe, which is the dataclass defaults: AdamW 1e-3 with weight decay 0.05 and
-  cosine decay, batch 256, no augmentation (-augment turns it on), batch-norm momentum 0.9 (short runs evaluate
-  correctly; see ModelConfig.bn_momentum).
+  constant 1e-4 (no warm-up), batch 10, no augmentation, 128 px images (needs a data set built at
+  128 px).
+- `default`: our recipe, which is the dataclass defaults: AdamW 1e-3 with weight decay 0.05, a linear
+  warm-up over the first tenth of the steps, then cosine decay, batch 256, no augmentation (-augment
+  turns it on), batch-norm momentum 0.9 (short runs evaluate correctly; see ModelConfig.bn_momentum).
 - `demo`: what `make demo` trains: skNet on the embedded 28 px doodles, 3 epochs of 80 steps of 64
   (15,360 images seen), 2 to 3 minutes on 2 CPU cores.
 - `smoke`: the tiniest run the tests reuse: 2 epochs of 3 steps of 16 images.
@@ -22,7 +23,7 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "original": {
-        "optimizer": "adam", "learning_rate": 1e-4, "lr_schedule": "constant", "weight_decay": 0.0,
+        "optimizer": "adam", "learning_rate": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0,
         "batch_size": 10, "augment": False, "image_size": 128,
     },
     "default": {},

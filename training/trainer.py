@@ -195,9 +195,12 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size)):
         if value < 1:
             raise ToolError(f"Invalid value for -{name}: {value}. Expected an integer >= 1.")
-    for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration", "warmup_steps"):
+    for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration"):
         if getattr(train, name) < 0:
             raise ToolError(f"Invalid value for -{name}: {getattr(train, name)}. Expected an integer >= 0.")
+    if train.warmup_steps < -1:
+        raise ToolError(f"Invalid value for -warmup_steps: {train.warmup_steps}. Expected an integer >= 0, "
+                        "or -1 for a tenth of the run's steps.")
     if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
         raise ToolError(f"Invalid value for -learning_rate: {train.learning_rate}. Expected a finite number > 0.")
     run = tasks.Run(configs=configs, info=info, model_dir=model_dir)
@@ -205,10 +208,10 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
         task.check(run)
     except ValueError as e:
         raise ToolError(str(e)) from None
-    if train.mode == "train" and train.warmup_steps >= train.epochs * steps_per_epoch(run, task):
-        raise ToolError(f"-warmup_steps {train.warmup_steps} leaves no step of the run's "
-                        f"{train.epochs * steps_per_epoch(run, task)} ({train.epochs} epochs x "
-                        f"{steps_per_epoch(run, task)} steps) after the warm-up; lower it.")
+    per_epoch = steps_per_epoch(run, task)
+    if train.mode == "train" and train.warmup_steps >= train.epochs * per_epoch:
+        raise ToolError(f"-warmup_steps {train.warmup_steps} leaves no step of the run's {train.epochs * per_epoch} "
+                        f"({train.epochs} epochs x {per_epoch} steps) after the warm-up; lower it.")
     if saved and train.mode == "train":
         saved_classes = (json.loads((model_dir / RUN_CONFIG_FILE).read_text()).get("dataset") or {}).get("classes")
         if saved_classes is not None and saved_classes != run.class_names:
@@ -245,15 +248,21 @@ def set_precision(mixed: bool) -> str:
     return policy
 
 
+def warmup_steps(train: TrainConfig, total_steps: int) -> int:
+    """Steps of the linear learning-rate warm-up: -warmup_steps, or a tenth of the run when it is -1."""
+    return total_steps // 10 if train.warmup_steps == -1 else train.warmup_steps
+
+
 def learning_rate_schedule(train: TrainConfig, total_steps: int) -> Any:
     """The recipe's learning rate: a number (constant) or a schedule of the optimizer step over `total_steps`."""
-    if train.lr_schedule == "constant" and not train.warmup_steps:
+    warmup = warmup_steps(train, total_steps)
+    if train.lr_schedule == "constant" and not warmup:
         return train.learning_rate
     # alpha=1 holds the peak after the warm-up: the constant schedule with a warm-up.
     return keras.optimizers.schedules.CosineDecay(
-        0.0 if train.warmup_steps else train.learning_rate, decay_steps=max(1, total_steps - train.warmup_steps),
+        0.0 if warmup else train.learning_rate, decay_steps=max(1, total_steps - warmup),
         alpha=0.0 if train.lr_schedule == "cosine" else 1.0,
-        warmup_target=train.learning_rate if train.warmup_steps else None, warmup_steps=train.warmup_steps)
+        warmup_target=train.learning_rate if warmup else None, warmup_steps=warmup)
 
 
 def make_optimizer(train: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
@@ -342,12 +351,13 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
          f"{run.model.image_size}x{run.model.image_size}x{run.model.channels}, {len(run.class_names)} classes "
          f"({run.data_path})")
     _log(f"model: {run.model.model}, {model.count_params():,} parameters; global batch {batch} "
-         f"({batch / strategy.replicas:g} per replica), {per_epoch} steps per epoch, {config.epochs} epochs; "
-         f"{start_note}")
+         f"({batch / strategy.replicas:g} per replica), {per_epoch} steps per epoch, {config.epochs} epochs, "
+         f"learning rate {config.learning_rate:g} ({config.lr_schedule}, {warmup_steps(config, total)} warm-up "
+         f"steps); {start_note}")
     segments = _fit_segments(step, per_epoch, config.epochs)
     if segments and segments[0][1] != per_epoch:
         _log(f"finishing epoch {segments[0][0] + 1}: {segments[0][1]} of its {per_epoch} steps left")
-    summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total,
+    summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup_steps(config, total),
                "start_step": step, "strategy": strategy.describe(), "precision": policy}
     if not segments:
         _log(f"training already complete: step {step} of {total}")
