@@ -335,6 +335,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
         save_run_config(run, task, strategy)
     per_epoch = steps_per_epoch(run, task)
     total = config.epochs * per_epoch
+    warmup = warmup_steps(config, total)
     store = CheckpointStore(run.model_dir / CHECKPOINT_DIR, keep=config.keep_checkpoints)
     with strategy.strategy.scope():
         model = task.build_model(run)
@@ -352,12 +353,12 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
          f"({run.data_path})")
     _log(f"model: {run.model.model}, {model.count_params():,} parameters; global batch {batch} "
          f"({batch / strategy.replicas:g} per replica), {per_epoch} steps per epoch, {config.epochs} epochs, "
-         f"learning rate {config.learning_rate:g} ({config.lr_schedule}, {warmup_steps(config, total)} warm-up "
-         f"steps); {start_note}")
+         f"learning rate {config.learning_rate:g} ({config.lr_schedule}, {warmup} warm-up steps); {start_note}")
     segments = _fit_segments(step, per_epoch, config.epochs)
     if segments and segments[0][1] != per_epoch:
         _log(f"finishing epoch {segments[0][0] + 1}: {segments[0][1]} of its {per_epoch} steps left")
-    summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup_steps(config, total),
+    summary = {"model_dir": str(run.model_dir), "steps_per_epoch": per_epoch, "total_steps": total,
+               "warmup_steps": warmup,
                "start_step": step, "strategy": strategy.describe(), "precision": policy}
     if not segments:
         _log(f"training already complete: step {step} of {total}")

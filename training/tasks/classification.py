@@ -6,7 +6,8 @@
   features_test.npz, and the leave-one-out retrieval metrics of retrieval.metrics.evaluate
   (L2; key `map`) for similarity.json, the original tool's meaning of "test". On a sketch/photo
   data set (Sketchy) also `sketch_to_photo`: sketch queries against the photo gallery, the metric
-  task's protocol, so classifier features are the baseline the embedding models are judged by.
+  task's protocol, so classifier features are the baseline the embedding models are judged by;
+  there features_test.npz holds the test sketches, then the test photos, from that one pass.
 - export: training.export.export_model, kind 'classifier' (classify and embed endpoints).
 """
 
@@ -101,9 +102,18 @@ class ClassificationTask(Task):
         return result
 
     def test(self, run: Run, model: keras.Model) -> dict:
-        ds = self._split(run, self.test_split, with_key_ids=True)
-        out = evaluation.run_inference(model, ds, (FEATURES_LAYER,), run.train.jit_compile)
-        features, labels, key_ids = out[FEATURES_LAYER], out["labels"], out["key_ids"]
+        cross = None
+        if metric.is_cross_domain(run.info):
+            # One pass, sketches then photos: the leave-one-out set and the sketch-to-photo protocol.
+            network = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output, name="classifier_features")
+            cross = metric.embed_split(run, network, self.test_split)
+            features = np.concatenate([cross.queries, cross.gallery])
+            labels = np.concatenate([cross.query_meta["label"], cross.gallery_meta["label"]])
+            key_ids = np.concatenate([cross.query_ids, cross.gallery_ids])
+        else:
+            ds = self._split(run, self.test_split, with_key_ids=True)
+            out = evaluation.run_inference(model, ds, (FEATURES_LAYER,), run.train.jit_compile)
+            features, labels, key_ids = out[FEATURES_LAYER], out["labels"], out["key_ids"]
         path = run.model_dir / f"features_{self.test_split}.npz"
         np.savez_compressed(path, features=features, labels=labels, key_ids=key_ids, ids=key_ids,
                             class_names=np.asarray(run.class_names, dtype=str))
@@ -111,16 +121,10 @@ class ClassificationTask(Task):
         report["features_file"] = path.name
         report["features_layer"] = FEATURES_LAYER
         report["id_feature"] = tfrecords.id_feature(run.info, tfrecords.feature_specs(run.info))
-        if metric.is_cross_domain(run.info):
-            report["sketch_to_photo"] = self._sketch_to_photo(run, model)
+        if cross is not None:
+            # Sketch queries against the photos by L2 (category mAP, precision@K, instance acc@K).
+            report["sketch_to_photo"] = metric.summary_of(metric.retrieval_report(cross))
         return report
-
-    def _sketch_to_photo(self, run: Run, model: keras.Model) -> dict:
-        """The test split's sketches ranked against its photos by L2 between `features` (category mAP,
-        precision@K, and instance acc@K: is the sketch's own photo first)."""
-        network = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output, name="classifier_features")
-        embedded = metric.embed_split(run, network, self.test_split)
-        return metric.summary_of(metric.retrieval_report(embedded))
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         return export.export_model(model, export_dir, class_names=run.class_names,
