@@ -30,7 +30,8 @@ from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import SketchyBuildConfig  # noqa: E402
 from data_prep import metric_pipelines as mp  # noqa: E402
 from data_prep import sketchy, tfrecords  # noqa: E402
-from data_prep.pipeline import load_split, parse_batch, record_dataset, to_float_images  # noqa: E402
+from data_prep.pipeline import load_split, parse_batch, record_dataset  # noqa: E402
+from serving.preprocess import model_input  # noqa: E402
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "sketchy"
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -86,7 +87,7 @@ def pk_by_filter(data_dir: pathlib.Path, split: str, seed: int = 0) -> tf.data.D
 
     def parse(records):
         f = parse_batch(records, specs, ["image", "label"])
-        return to_float_images(f["image"], None, None), tf.cast(f["label"], tf.int32)
+        return model_input(f["image"], None, None), tf.cast(f["label"], tf.int32)
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -107,7 +108,7 @@ def pk_by_group_by_window(data_dir: pathlib.Path, split: str, seed: int = 0) -> 
 
     def parse(records):
         f = parse_batch(records, specs, ["image", "label"])
-        return to_float_images(f["image"], None, None), tf.cast(f["label"], tf.int32)
+        return model_input(f["image"], None, None), tf.cast(f["label"], tf.int32)
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

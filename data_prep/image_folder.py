@@ -5,7 +5,7 @@ Every record is one image, a sketch or a photo, with its label, domain and ids, 
 serves single-domain trees (TU-Berlin's png/ layout) and the paired Sketchy data alike. Images
 are stored raw or encoded (JPEG photos, PNG sketches; see `resolve_encoding` for the measured
 trade-off) and always hold the channels of the spec; the model picks grey or colour at read
-time (pipeline.to_float_images). Usage:
+time (serving.preprocess.model_input). Usage:
 
     python -m data_prep.image_folder build --source ROOT --out DIR --image_size 64
 """

@@ -30,7 +30,8 @@ import tensorflow as tf
 
 from configuration_sketch import MetricPipelineConfig
 from data_prep import tfrecords
-from data_prep.pipeline import AUTOTUNE, parse_batch, record_dataset, to_float_images
+from data_prep.pipeline import AUTOTUNE, parse_batch, record_dataset
+from serving.preprocess import model_input
 
 _DEFAULTS = MetricPipelineConfig()
 DOMAINS = ("sketch", "photo")  # domain_id is the index (data_prep.image_folder.DOMAINS)
@@ -274,7 +275,7 @@ def pk_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "train"
 
     def parse(keys, records):
         features = parse_batch(records, specs, ["image", "label", *id_names])
-        image = to_float_images(features["image"], image_size, channels)
+        image = model_input(features["image"], image_size, channels)
         label = tf.cast(features["label"], tf.int32)
         return (image, label, _ids_of(features, id_names)) if with_ids else (image, label)
 
@@ -331,8 +332,8 @@ def pair_batches(data_dir: str | os.PathLike, split: str | Sequence[str] = "trai
 
     def parse(a, b, same):
         fa, fb = parse_batch(a, specs, names), parse_batch(b, specs, names)
-        xa = to_float_images(fa["image"], image_size, channels)
-        xb = to_float_images(fb["image"], image_size, channels)
+        xa = model_input(fa["image"], image_size, channels)
+        xb = model_input(fb["image"], image_size, channels)
         if not with_labels:
             return (xa, xb), same
         zeros = tf.zeros_like(fa["label"])
@@ -366,7 +367,7 @@ def domain_dataset(data_dir: str | os.PathLike, split: str | Sequence[str], doma
     def parse(records):
         features = parse_batch(records, specs, ["image", "label", *id_names])
         meta = {"label": tf.cast(features["label"], tf.int32), **_ids_of(features, id_names)}
-        return to_float_images(features["image"], image_size, channels), meta
+        return model_input(features["image"], image_size, channels), meta
 
     return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 

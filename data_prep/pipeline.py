@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import tensorflow as tf
 
 from data_prep import tfrecords
+from serving.preprocess import model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -27,22 +28,6 @@ def decode_images(raw: tf.Tensor, spec: tfrecords.FeatureSpec) -> tf.Tensor:
     decode = lambda b: tf.ensure_shape(  # noqa: E731 - a one-line map function
         tf.io.decode_image(b, channels=channels, expand_animations=False), [height, width, channels])
     return tf.map_fn(decode, raw, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
-
-
-def to_float_images(images: tf.Tensor, image_size: int | None, channels: int | None) -> tf.Tensor:
-    """uint8 [B, H, W, C] -> float32 in [0, 1], resized and converted to `channels` on request."""
-    x = tf.cast(images, tf.float32) * (1.0 / 255.0)
-    stored_channels = images.shape[-1]
-    if channels is not None and channels != stored_channels:
-        if stored_channels == 1 and channels == 3:
-            x = tf.image.grayscale_to_rgb(x)
-        elif stored_channels == 3 and channels == 1:
-            x = tf.image.rgb_to_grayscale(x)
-        else:
-            raise ValueError(f"Cannot convert {stored_channels} stored channels to {channels}.")
-    if image_size is not None and image_size != images.shape[1]:
-        x = tf.image.resize(x, [image_size, image_size], antialias=True)
-    return x
 
 
 def parse_batch(serialized: tf.Tensor, specs: dict[str, tfrecords.FeatureSpec],
@@ -103,7 +88,7 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
 
     def parse(serialized):
         features = parse_batch(serialized, specs, names)
-        image = to_float_images(features["image"], image_size, channels)
+        image = model_input(features["image"], image_size, channels)
         label = tf.cast(features["label"], tf.int32)
         return (image, label, features[id_feature]) if with_key_ids else (image, label)
 
