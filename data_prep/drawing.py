@@ -15,7 +15,8 @@ class Drawing:
     (points, 3) holding x, y, t (milliseconds, raw data only). Formats that ship
     pixels instead of strokes (numpy_bitmap) leave `strokes` empty and set `image`
     (H, W) uint8. `split` is set only by formats that carry their own split
-    (sketch-rnn: train, valid, test).
+    (sketch-rnn: train, valid, test). `word` is the file's category; `source_word` is the
+    record's own `word` field when it has one (batch jobs label mixed files by it).
     """
 
     key_id: str
@@ -26,6 +27,7 @@ class Drawing:
     timestamp: str = ""
     image: np.ndarray | None = None
     split: str | None = None
+    source_word: str = ""  # the record's own `word` field (ndjson), which may differ from `word`
 
     @property
     def num_points(self) -> int:

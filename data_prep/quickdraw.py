@@ -196,6 +196,7 @@ def parse_line(line: bytes, word: str, recognized_only: bool = False, dtype: np.
         countrycode=countrycode,
         recognized=recognized,
         timestamp=timestamp,
+        source_word=record["word"] if isinstance(record.get("word"), str) else "",
     )
 
 
