@@ -138,6 +138,10 @@ class EvalConfig:
     hnsw_m: int = field(32, "index: HNSW links per node.")
     hnsw_ef_search: int = field(64, "index: HNSW search breadth.")
     thumbnail_size: int = field(64, "index: side of the thumbnails stored for result grids (0: none).")
+    polarity: str = field(
+        "auto", "index, lookup, features: polarity policy of the model's endpoints: auto inverts an image drawn "
+        "the other way round from the model's training images (judged by its border), as_is never, invert always.",
+        choices=("auto", "as_is", "invert"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,14 @@
     python evaluate_similarity_lookup.py --features F.npz [--gallery G.npz] [--metric l2|cosine|hamming]
         [--k 1,10,100] [--report out.json] [--plots DIR] [--memory_budget 3GiB]
     python evaluate_similarity_lookup.py index --model EXPORTED (--features G.npz | --images DIR)
-        [--out INDEX] [--approximate none|ivf|hnsw]
+        [--out INDEX] [--approximate none|ivf|hnsw] [--polarity auto|as_is|invert]
     python evaluate_similarity_lookup.py lookup --model EXPORTED [--index INDEX] --query sketch.png|drawing.ndjson
-        [--k 10] [--grid out.png]
-    python evaluate_similarity_lookup.py features --model EXPORTED --images DIR --out F.npz
+        [--k 10] [--grid out.png] [--polarity auto|as_is|invert]
+    python evaluate_similarity_lookup.py features --model EXPORTED --images DIR --out F.npz [--polarity ...]
+
+Images and drawings are embedded by the exported model's own endpoints (serving.model): image files
+through `embed_encoded`, a .ndjson query rasterized with the model's raster settings through
+`embed_images`; --polarity is the endpoints' polarity policy. A hash model's index holds its `codes`.
 
 Flags are the fields of configuration_sketch.EvalConfig (defaults there, then the command line).
 Metric definitions: retrieval/metrics.py and the README.
@@ -94,12 +98,12 @@ def run_evaluate(config: cs.EvalConfig) -> int:
 
 
 def _load_model(config: cs.EvalConfig):
-    from training.export import load_exported, read_meta
+    """The exported model (serving.model.ExportedModel) at --model."""
+    from serving import model as serving_model
 
     if not config.model:
-        raise ValueError("--model is required: an exported model folder (training/export.py).")
-    read_meta(config.model)  # a wrong folder fails before TensorFlow loads
-    return load_exported(config.model)
+        raise ValueError("--model is required: an exported model folder (serving/export.py).")
+    return serving_model.load(config.model)
 
 
 def _index_metric(config: cs.EvalConfig, meta: dict) -> str:
@@ -108,29 +112,43 @@ def _index_metric(config: cs.EvalConfig, meta: dict) -> str:
     return config.metric
 
 
-def run_index(config: cs.EvalConfig) -> int:
+def _index_features(config: cs.EvalConfig, meta: dict, metric: str):
+    """The feature file of `index --features`, checked against the model's meta: (vectors, FeatureSet).
+    For Hamming, packed uint8 codes are taken as they are (ceil(bits / 8) bytes) and floats are packed."""
     from retrieval.features import load_features
-    from retrieval.index import build_index, default_index_dir
-    from retrieval.lookup import index_image_folder, thumbnail
     from retrieval.ranking import pack_codes
 
-    model, meta = _load_model(config)
+    fs = load_features(config.features, binary=None if metric == "hamming" else False)
+    width = fs.features.shape[1]
+    if fs.features.dtype == "uint8" and metric == "hamming":
+        bits = meta["bits"] or meta["embedding_dim"]
+        if width != -(-bits // 8):
+            raise ValueError(f"{config.features!r} holds {width}-byte packed codes but the model at {config.model!r} "
+                             f"gives {bits}-bit codes ({-(-bits // 8)} bytes); they must come from that model.")
+        return fs.features, fs
+    if width != meta["embedding_dim"]:
+        raise ValueError(f"{config.features!r} holds {width}-dimensional features but the model at {config.model!r} "
+                         f"embeds to {meta['embedding_dim']}; they must come from that model.")
+    return (pack_codes(fs.features) if metric == "hamming" else fs.features), fs
+
+
+def run_index(config: cs.EvalConfig) -> int:
+    from retrieval.index import build_index, default_index_dir
+    from retrieval.lookup import index_image_folder, thumbnail
+
+    if not (config.images or config.features):
+        raise ValueError("index needs --images DIR (a class-folder tree) or --features G.npz.")
+    model = _load_model(config)
+    meta = model.meta
     metric = _index_metric(config, meta)
     out = config.out or default_index_dir(config.model)
     args = dict(metric=metric, approximate=config.approximate, nlist=config.ivf_nlist, nprobe=config.ivf_nprobe,
                 hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model))
     if config.images:
-        index = index_image_folder(model, meta, config.images, thumbnail_size=config.thumbnail_size, **args)
-    elif config.features:
-        fs = load_features(config.features, binary=metric == "hamming" and not meta.get("kind") == "hash")
-        feats = fs.features
-        if metric == "hamming" and feats.dtype != "uint8":
-            feats = pack_codes(feats)
-        width = feats.shape[1] * (8 if metric == "hamming" else 1)
-        expected = meta["embedding_dim"]
-        if (metric == "hamming" and width != -(-expected // 8) * 8) or (metric != "hamming" and width != expected):
-            raise ValueError(f"{config.features!r} holds {width}-dimensional features but the model at "
-                             f"{config.model!r} embeds to {expected}; they must come from that model.")
+        index = index_image_folder(model, config.images, polarity=config.polarity,
+                                   thumbnail_size=config.thumbnail_size, **args)
+    else:
+        feats, fs = _index_features(config, meta, metric)
         thumbs = None
         if fs.images is not None and config.thumbnail_size > 0:
             import numpy as np
@@ -138,8 +156,6 @@ def run_index(config: cs.EvalConfig) -> int:
             thumbs = np.stack([thumbnail(im, config.thumbnail_size) for im in fs.images])
         index = build_index(feats, fs.labels, ids=fs.ids, class_names=fs.class_names or meta.get("class_names"),
                             thumbnails=thumbs, **args)
-    else:
-        raise ValueError("index needs --images DIR (a class-folder tree) or --features G.npz.")
     index.save(out)
     print(f"indexed {len(index)} items ({index.metric}, {index.approximate}, {index.dimensions} dimensions) "
           f"into {out}")
@@ -150,23 +166,20 @@ def run_lookup(config: cs.EvalConfig) -> int:
     from retrieval.index import default_index_dir, load_index
     from retrieval.lookup import embed_query, prepare_query, result_image, result_rows
     from retrieval.plots import plot_result_grid
-    from retrieval.ranking import pack_codes
-    from training.export import read_meta
+    from serving.export import read_meta
 
     if not config.query:
         raise ValueError("--query is required: a sketch image or an .ndjson drawing.")
     if not config.model:
-        raise ValueError("--model is required: an exported model folder (training/export.py).")
-    query = prepare_query(config.query, read_meta(config.model))  # bad input fails before TensorFlow loads
+        raise ValueError("--model is required: an exported model folder (serving/export.py).")
+    query = prepare_query(config.query, read_meta(config.model))  # bad input fails before the model loads
     index = load_index(config.index or default_index_dir(config.model))
     k = max(int(x) for x in config.k.split(",")) if flags.FLAGS["k"].present else 10
-    model, _ = _load_model(config)
-    embedding = embed_query(model, query)
-    if index.metric == "hamming":
-        embedding = pack_codes(embedding)
-    distances, indices = index.search(embedding, k)
+    model = _load_model(config)
+    distances, indices = index.search(embed_query(model, query, metric=index.metric, polarity=config.polarity), k)
     rows = result_rows(index, distances[0], indices[0])
-    print(f"query {config.query}: {len(rows)} nearest of {len(index)} ({index.metric}, {index.approximate})")
+    print(f"query {config.query}: {len(rows)} nearest of {len(index)} ({index.metric}, {index.approximate}, "
+          f"polarity {config.polarity})")
     print(f"{'rank':>4} {'distance':>10}  {'class':<24} id")
     for r in rows:
         print(f"{r['rank']:>4} {r['distance']:>10.4f}  {r['class']:<24} {r['id']}")
@@ -183,13 +196,13 @@ def run_features(config: cs.EvalConfig) -> int:
     from retrieval.features import save_features
     from retrieval.lookup import embed_files, list_image_folder, thumbnail
 
-    model, _ = _load_model(config)
     if not config.images or not config.out:
         raise ValueError("features needs --images DIR (a class-folder tree) and --out F.npz.")
+    paths, labels, classes = list_image_folder(config.images)
+    model = _load_model(config)
     import numpy as np
 
-    paths, labels, classes = list_image_folder(config.images)
-    embeddings = embed_files(model, paths)
+    embeddings = embed_files(model, paths, polarity=config.polarity)
     thumbs = (np.stack([thumbnail(p, config.thumbnail_size) for p in paths])
               if config.thumbnail_size > 0 else None)
     save_features(config.out, embeddings, labels, ids=[p.stem for p in paths], class_names=classes, images=thumbs)

@@ -95,8 +95,9 @@ def validate_features(features, labels, ids=None, *, name: str = "features", bin
     return np.ascontiguousarray(features), labels, ids
 
 
-def load_features(path: str | os.PathLike, *, binary: bool = False) -> FeatureSet:
-    """Read and validate a feature file; FeatureFileError for anything that is not one."""
+def load_features(path: str | os.PathLike, *, binary: bool | None = False) -> FeatureSet:
+    """Read and validate a feature file; FeatureFileError for anything that is not one.
+    `binary` None takes uint8 features as packed codes and any other dtype as floats."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FeatureFileError(f"feature file {str(path)!r} does not exist.")
@@ -120,6 +121,8 @@ def load_features(path: str | os.PathLike, *, binary: bool = False) -> FeatureSe
             arrays = {k: archive[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in archive.files}
         except ValueError as err:  # object arrays: refused without allow_pickle
             raise FeatureFileError(f"{str(path)!r}: {err} (object arrays are not read).") from None
+    if binary is None:
+        binary = arrays["features"].dtype == np.uint8
     features, labels, ids = validate_features(
         arrays["features"], arrays["labels"], arrays.get("ids"), name=str(path), binary=binary)
     class_names = arrays.get("class_names")

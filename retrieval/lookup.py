@@ -1,9 +1,12 @@
 """Similarity lookup with an exported model: embed images or drawings, index a gallery, query it.
 
-Images of any format PIL reads are re-encoded as PNG and embedded through the model's
-`embed_png` endpoint, so queries and gallery go through the same decoding and resizing. A
-`.ndjson` query is its first line's drawing rasterized with the raster settings in the model's
-meta (RasterConfig defaults at the model's image size when it has none).
+Every embedding comes from serving.model's one inference loop (`ExportedModel.run`), so decoding,
+alpha, 16-bit, EXIF orientation, resizing and polarity are those of the SavedModel's endpoints.
+Image files go to the `encoded` endpoints as they are when TensorFlow decodes them faithfully
+(PNG, JPEG, GIF without transparency, 24-bit BMP); other images PIL reads (WebP, TIFF, ...) are
+re-encoded as PNG first, upright and with their alpha and 16-bit depth kept. A `.ndjson` query
+is its first line's drawing rasterized with the raster settings in the model's meta (RasterConfig
+defaults at the model's image size when it has none) and sent to the `images` endpoint.
 """
 
 from __future__ import annotations
@@ -13,42 +16,85 @@ import inspect
 import io
 import os
 import pathlib
+import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from data_prep.image_folder import IMAGE_SUFFIXES
 from retrieval.index import GalleryIndex, build_index
 from retrieval.ranking import pack_codes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# PNG modes PIL writes as they are; a re-encoded image in another mode becomes RGB(A).
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
 
 class QueryError(ValueError):
     """A query or gallery that cannot be embedded; the message names the file and the problem."""
 
 
-def read_png_bytes(path) -> bytes:
-    """The image at `path` as PNG bytes (re-encoded unless it already is a PNG)."""
+def decoded_as_is(image: Image.Image) -> bool:
+    """Whether TensorFlow's decode_image reads this opened file as PIL does: PNG and JPEG always;
+    GIF without transparency (TF drops it); BMP only 24-bit uncompressed (TF takes the padding byte
+    of 32-bit BMPs for alpha and refuses 1- and 4-bit ones)."""
+    if image.format in ("PNG", "JPEG"):
+        return True
+    if image.format == "GIF":
+        return "transparency" not in image.info
+    if image.format == "BMP":
+        return image.info.get("compression") == 0 and bool(image.tile) and image.tile[0].args[0] == "BGR"
+    return False
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """A loaded image as PNG bytes, upright (EXIF applied), alpha and 16-bit depth kept."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "I" and 0 <= image.getextrema()[0] and image.getextrema()[1] <= 65535:
+        image = Image.fromarray(np.asarray(image).astype(np.uint16))
+    if image.mode not in PNG_MODES:
+        has_alpha = "A" in image.getbands() or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encoded_image(path) -> bytes:
+    """The bytes an `encoded` endpoint gets for the image file at `path`: the file itself when TF
+    decodes it as PIL does, else a PNG re-encoding (QueryError naming the file when PIL cannot read it)."""
     path = pathlib.Path(path)
     try:
-        with Image.open(path) as image:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            if decoded_as_is(image):
+                return data
             image.load()
-            if image.format == "PNG":
-                return path.read_bytes()
-            buffer = io.BytesIO()
-            image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB").save(buffer, format="PNG")
-            return buffer.getvalue()
-    except (OSError, ValueError) as err:
+            return png_bytes(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise QueryError(f"cannot read image {str(path)!r}: {err}") from None
 
 
+def display_image(path) -> Image.Image:
+    """An image file as RGB for people to look at: upright, transparent parts on white, 16-bit scaled
+    to 8 (result grids and thumbnails only; the model's input comes from its own endpoints)."""
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode in SIXTEEN_BIT:
+        image = Image.fromarray((np.asarray(image, np.float64) / 257).clip(0, 255).astype(np.uint8))
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, "white")
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    return image.convert("RGB")
+
+
 def thumbnail(path_or_array, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 thumbnail of an image file or array, aspect kept, padded white."""
+    """(size, size, 3) uint8 thumbnail of an image file (display_image) or array, aspect kept, padded white."""
     if isinstance(path_or_array, np.ndarray):
         array = path_or_array.squeeze()
         image = Image.fromarray(array if array.ndim == 2 or array.shape[-1] == 3 else array[..., 0])
     else:
-        image = Image.open(path_or_array)
+        image = display_image(path_or_array)
     image = image.convert("RGB")
     image.thumbnail((size, size))
     canvas = Image.new("RGB", (size, size), "white")
@@ -71,7 +117,7 @@ def rasterize_query(path, meta: dict) -> np.ndarray:
         strokes = [np.asarray(s, dtype=np.float32)[:2].T if len(s) >= 2 else None for s in record["drawing"]]
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise QueryError(f"{str(path)!r}: the first line is not a Quick, Draw! drawing "
-                           f"(an object with 'drawing': [[xs], [ys]] per stroke): {err}") from None
+                         f"(an object with 'drawing': [[xs], [ys]] per stroke): {err}") from None
     if not strokes or any(s is None for s in strokes):
         raise QueryError(f"{str(path)!r}: the first drawing has no strokes or a stroke without x and y.")
     settings = dict(meta.get("raster") or dataclasses.asdict(RasterConfig(image_size=meta["image_size"])))
@@ -91,16 +137,16 @@ def rasterize_query(path, meta: dict) -> np.ndarray:
 
 @dataclasses.dataclass
 class Query:
-    """A query ready to embed: uint8 pixels (drawings) or PNG bytes (images), and a displayable image."""
+    """A query ready to embed: uint8 pixels (drawings) or encoded bytes (images), and a displayable image."""
 
     path: str
     display: np.ndarray
     pixels: np.ndarray | None = None
-    png: bytes | None = None
+    encoded: bytes | None = None
 
 
 def prepare_query(path, meta: dict) -> Query:
-    """Read and check a .png/.jpg or .ndjson query (no TensorFlow needed)."""
+    """Read and check an image or .ndjson query (before the model is loaded)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise QueryError(f"query {str(path)!r} does not exist.")
@@ -108,18 +154,48 @@ def prepare_query(path, meta: dict) -> Query:
         image = rasterize_query(path, meta)
         return Query(str(path), image, pixels=image)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise QueryError(f"query {str(path)!r}: expected an image ({', '.join(IMAGE_SUFFIXES)}) or .ndjson.")
-    data = read_png_bytes(path)
-    return Query(str(path), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), png=data)
+        raise QueryError(f"query {str(path)!r}: expected an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or .ndjson.")
+    data = encoded_image(path)
+    return Query(str(path), np.asarray(display_image(path)), encoded=data)
 
 
-def embed_query(model, query: Query) -> np.ndarray:
-    """(1, D) float32 embedding of a prepared query through the model's endpoints."""
+def index_vectors(outputs: dict, metric: str) -> np.ndarray:
+    """What an index of `metric` holds for a batch of embed outputs: for Hamming the hash model's
+    packed `codes` (the sign bits of the embedding for other models), else the float embedding."""
+    if metric != "hamming":
+        return np.asarray(outputs["embedding"], np.float32)
+    return outputs["codes"] if "codes" in outputs else pack_codes(outputs["embedding"])
+
+
+_TF_NODE = re.compile(r"\{\{[^}]*\}\}\s*")
+
+
+def tf_message(err) -> str:
+    """The first line of a TensorFlow op error, without its function-node prefix."""
+    return _TF_NODE.sub("", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+
+
+def run_encoded(model, data: list[bytes], names: list, polarity: str) -> dict:
+    """The model's embed outputs for encoded images; a file TF cannot decode is a QueryError naming it."""
     import tensorflow as tf
 
+    try:
+        return model.run("encoded", data, head="embed", polarity=polarity)
+    except tf.errors.InvalidArgumentError as err:
+        if len(data) > 1:  # find the file to name
+            for one, name in zip(data, names):
+                run_encoded(model, [one], [name], polarity)
+        where = repr(str(names[0])) if len(data) == 1 else f"{str(names[0])!r} to {str(names[-1])!r}"
+        raise QueryError(f"cannot decode image {where}: {tf_message(err)}") from None
+
+
+def embed_query(model, query: Query, *, metric: str = "l2", polarity: str = "auto") -> np.ndarray:
+    """(1, D) float32 embedding (or (1, B) packed codes for `metric` 'hamming') of a prepared query."""
     if query.pixels is not None:
-        return model.embed_images(tf.constant(query.pixels[None])).numpy()
-    return model.embed_png(tf.constant([query.png])).numpy()
+        outputs = model.run("images", query.pixels[None], head="embed", polarity=polarity)
+    else:
+        outputs = run_encoded(model, [query.encoded], [query.path], polarity)
+    return index_vectors(outputs, metric)
 
 
 def list_image_folder(root) -> tuple[list[pathlib.Path], np.ndarray, list[str]]:
@@ -131,37 +207,35 @@ def list_image_folder(root) -> tuple[list[pathlib.Path], np.ndarray, list[str]]:
     paths, labels = [], []
     for label, name in enumerate(classes):
         for p in sorted((root / name).iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(p)
                 labels.append(label)
     if not paths:
         raise QueryError(f"image folder {str(root)!r} holds no images in class sub-folders "
-                           f"({', '.join(IMAGE_SUFFIXES)}).")
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
     return paths, np.asarray(labels, np.int64), classes
 
 
-def embed_files(model, paths, batch_size: int = 64, progress=None) -> np.ndarray:
-    """(N, D) float32 embeddings of image files through `embed_png`, in batches."""
-    import tensorflow as tf
-
+def embed_files(model, paths, *, metric: str = "l2", polarity: str = "auto", batch_size: int = 64,
+                progress=None) -> np.ndarray:
+    """Embeddings (N, D) float32, or packed codes (N, B) for `metric` 'hamming', of image files
+    through the model's `encoded` endpoint, in batches."""
     out = []
     for start in range(0, len(paths), batch_size):
-        batch = [read_png_bytes(p) for p in paths[start:start + batch_size]]
-        out.append(model.embed_png(tf.constant(batch)).numpy())
+        chunk = list(paths[start:start + batch_size])
+        out.append(index_vectors(run_encoded(model, [encoded_image(p) for p in chunk], chunk, polarity), metric))
         if progress is not None:
             progress(min(start + batch_size, len(paths)), len(paths))
-    return np.concatenate(out).astype(np.float32)
+    return np.concatenate(out)
 
 
-def index_image_folder(model, meta: dict, root, *, metric: str, approximate: str = "none",
+def index_image_folder(model, root, *, metric: str, polarity: str = "auto", approximate: str = "none",
                        thumbnail_size: int = 64, model_dir: str = "", **index_args) -> GalleryIndex:
     """Embed every image of a class-folder tree and index it, with paths and thumbnails."""
     paths, labels, classes = list_image_folder(root)
-    embeddings = embed_files(model, paths)
-    if metric == "hamming":
-        embeddings = pack_codes(embeddings)
+    vectors = embed_files(model, paths, metric=metric, polarity=polarity)
     thumbs = np.stack([thumbnail(p, thumbnail_size) for p in paths]) if thumbnail_size > 0 else None
-    return build_index(embeddings, labels, ids=[p.stem for p in paths], metric=metric, approximate=approximate,
+    return build_index(vectors, labels, ids=[p.stem for p in paths], metric=metric, approximate=approximate,
                        class_names=classes, image_paths=[os.fspath(p.resolve()) for p in paths],
                        thumbnails=thumbs, model_dir=model_dir, **index_args)
 
