@@ -16,6 +16,7 @@ from PIL import Image
 from retrieval.features import load_features, save_features
 from retrieval.metrics import evaluate
 from retrieval.ranking import pack_codes
+from tests.test_lookup import real_drawings, save_folder, tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "evaluate_similarity_lookup.py"
@@ -134,7 +135,7 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
     """Export a tiny model, index real Sketchy photos, look up a sketch and a drawing."""
     import keras
 
-    from training.export import export_model
+    from serving.export import export_model
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((28, 28, 1))
@@ -143,7 +144,7 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
     features = keras.layers.Dense(16, activation="relu", name="features")(x)
     model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(features))
     classes = sorted(p.name for p in (sketchy_dir / "photo").iterdir())[:3]
-    export_model(model, tmp_path / "exp", class_names=classes, image_size=28, channels=1,
+    export_model(model, tmp_path / "exp", class_names=classes, image_size=28, channels=1, polarity="white_on_black",
                  raster={"image_size": 28, "line_width": 16.0, "padding": 16.0, "frame": 256,
                          "time_channels": False})
     photos = tmp_path / "photos"
@@ -185,3 +186,41 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
     assert done.returncode == 2 and "is not a Quick, Draw! drawing" in done.stderr
     done = run("lookup", "--model", tmp_path / "nothing", "--query", sketch)
     assert done.returncode == 2 and "is not an exported model folder" in done.stderr
+
+
+def result_lines(stdout: str) -> list[tuple[int, float, str, str]]:
+    """(rank, distance, class, id) of each result row a lookup printed."""
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    return [(int(r[0]), float(r[1]), r[2], r[3]) for r in rows]
+
+
+@pytest.mark.slow
+def test_lookup_finds_a_drawing_whatever_its_polarity_or_alpha(quickdraw_dir, tmp_path):
+    """A gallery of real drawings saved dark on white (64 px) and a query of one of them saved white on
+    black, or dark strokes on a transparent ground: the model (28 px, trained white on black) sees the
+    same input, so that drawing comes first at distance ~0, far ahead of the others (that the policy
+    reaches the endpoints, as_is and invert included, is tested in test_lookup)."""
+    from serving.export import export_model
+
+    drawings = real_drawings(quickdraw_dir, size=64)
+    export_model(tiny_classifier(), tmp_path / "exp", class_names=sorted({d[0] for d in drawings}), image_size=28,
+                 channels=1, polarity="white_on_black")
+    gallery = save_folder(tmp_path / "gallery", drawings, render=lambda x: 255 - x)
+    done = run("index", "--model", tmp_path / "exp", "--images", gallery)
+    assert done.returncode == 0, done.stderr
+    assert f"indexed {len(drawings)} items (l2, none, 16 dimensions)" in done.stdout
+
+    name, key, pixels = drawings[9]
+    Image.fromarray(pixels).save(tmp_path / "white_on_black.png")
+    Image.fromarray(np.dstack([np.zeros_like(pixels)] * 3 + [pixels])).save(tmp_path / "transparent.png")
+    found = {}
+    for query in ("white_on_black", "transparent"):
+        done = run("lookup", "--model", tmp_path / "exp", "--query", tmp_path / f"{query}.png", "--k", 3,
+                   "--polarity", "auto", "--grid", tmp_path / f"{query}_grid.png")
+        assert done.returncode == 0, done.stderr
+        assert "polarity auto" in done.stdout and (tmp_path / f"{query}_grid.png").is_file()
+        found[query] = result_lines(done.stdout)
+    for query in ("white_on_black", "transparent"):
+        (_, first, cls, first_id), (_, second, _, _) = found[query][:2]
+        assert (first_id, cls) == (key, name), query
+        assert first < 1e-3 and second > 0.02, (query, first, second)
