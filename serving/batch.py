@@ -506,14 +506,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = cs.from_flags(BatchConfig, flag_values)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if config.verbose else "3")
+    root = logging.getLogger()
+    level = root.level
     if not config.verbose:
-        logging.getLogger().setLevel(logging.ERROR)  # Beam's notices (apitools, worker start-up)
-    with stderr_to_log(not config.verbose, prefix="serving-batch-") as (terminal, log):
-        code, message = _run(config, rest, terminal)
-        ran = code != NOTHING_TO_DO
-        code = 0 if code == NOTHING_TO_DO else code
-        if message:
-            print(f"serving.batch: {message}", file=terminal)
+        root.setLevel(logging.ERROR)  # Beam's notices (apitools, worker start-up)
+    try:
+        with stderr_to_log(not config.verbose, prefix="serving-batch-") as (terminal, log):
+            code, message = _run(config, rest, terminal)
+            ran = code != NOTHING_TO_DO
+            code = 0 if code == NOTHING_TO_DO else code
+            if message:
+                print(f"serving.batch: {message}", file=terminal)
+    finally:
+        root.setLevel(level)
     if log:
         done = pathlib.Path(config.out) / JOB_FILE
         if code == 0 and ran and done.is_file() and "://" not in config.out:

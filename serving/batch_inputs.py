@@ -311,6 +311,8 @@ def check_image(data: bytes) -> tuple[bytes, None] | tuple[None, tuple[str, str]
             return buffer.getvalue(), None
     except Image.DecompressionBombError as err:
         return None, ("too_large", str(err))
+    except Image.UnidentifiedImageError:
+        return None, ("unreadable_image", "not in an image format PIL knows (the bytes may be corrupt or random)")
     except (OSError, SyntaxError, ValueError) as err:
         return None, ("unreadable_image", f"{type(err).__name__}: {err}")
 

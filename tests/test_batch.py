@@ -1,0 +1,347 @@
+"""serving.batch: batch jobs on Apache Beam over every input kind, judged against direct calls of
+the SavedModel on the same real drawings, an independent metric computation (scikit-learn and
+loops), planted bad inputs counted by reason, and runner equivalence (1 and 2 workers)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from serving import batch, batch_report
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BITMAP_CLASSES = ["boomerang", "clock", "cloud", "smiley face", "train", "tree"]
+TRAIN_ROWS = 400  # per class from quickdraw_bitmap; rows after it are never trained on
+
+
+def _bitmap_rows(bitmap_dir, name, start, stop):
+    return np.load(bitmap_dir / f"{name}.npy", mmap_mode="r")[start:stop].reshape(-1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def bitmap_dir():
+    path = ROOT.parent / "shared" / "data" / "quickdraw_bitmap"
+    if not path.is_dir():
+        pytest.fail(f"real bitmaps missing at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier_export(tmp_path_factory, bitmap_dir):
+    """A small CNN trained on 2,400 real numpy_bitmap drawings of 6 classes, exported."""
+    import keras
+
+    from serving.export import export_model
+
+    keras.utils.set_random_seed(0)
+    x = np.concatenate([_bitmap_rows(bitmap_dir, c, 0, TRAIN_ROWS) for c in BITMAP_CLASSES])[..., None] / 255.0
+    y = np.repeat(np.arange(len(BITMAP_CLASSES)), TRAIN_ROWS)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(32, activation="relu", name="features")(h)
+    model = keras.Model(inputs, keras.layers.Dense(len(BITMAP_CLASSES), name="logits")(h))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=64, epochs=4, shuffle=True, verbose=0)
+    out = tmp_path_factory.mktemp("batch_export") / "export"
+    export_model(model, out, class_names=BITMAP_CLASSES, image_size=28, channels=1, polarity="white_on_black",
+                 raster={"image_size": 28, "line_width": 16.0, "padding": 16.0, "frame": 256,
+                         "time_channels": False, "normalize": "auto"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(classifier_export):
+    from serving.model import load
+
+    return load(classifier_export)
+
+
+def render(strokes, size=28):
+    from data_prep.raster import rasterize
+
+    return rasterize(strokes, image_size=size)
+
+
+def drawings_of(quickdraw_dir, name, fmt="simplified"):
+    out = []
+    for line in (quickdraw_dir / fmt / f"{name}.ndjson").read_bytes().splitlines():
+        record = orjson.loads(line)
+        out.append((str(record["key_id"]), [np.asarray(s[:2], np.float32).T for s in record["drawing"]]))
+    return out
+
+
+def run(*argv) -> int:
+    return batch.main(["serving.batch", "--progress=false", *map(str, argv)])
+
+
+def read_job(out):
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines], json.loads((out / "report.json").read_text())
+
+
+# --------------------------------------------------------------------------- inputs with planted faults
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory, quickdraw_dir, bitmap_dir):
+    """Every input kind, real drawings, with bad records planted; returns (paths, planted skips)."""
+    from data_prep.quickdraw import stroke3_from_strokes
+
+    root = tmp_path_factory.mktemp("batch_inputs")
+    ndjson = root / "ndjson"
+    ndjson.mkdir()
+    for name in ("clock", "tree"):
+        lines = (quickdraw_dir / "simplified" / f"{name}.ndjson").read_bytes().splitlines()[:10]
+        (ndjson / f"{name}.ndjson").write_bytes(b"\n".join(lines) + b"\n{not json\n")
+    cloud = (quickdraw_dir / "raw" / "cloud.ndjson").read_bytes().splitlines()[:8]
+    bad = orjson.loads(cloud[0])
+    bad["drawing"][0][0][0] = "NaN"
+    nonfinite = orjson.dumps(bad).replace(b'"NaN"', b"NaN")
+    with gzip.open(ndjson / "cloud.ndjson.gz", "wb") as f:
+        f.write(b"\n".join(cloud + [nonfinite]) + b"\n")
+
+    arrays = root / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "smiley face.npy", np.load(bitmap_dir / "smiley face.npy")[1000 - 12:].copy())
+    np.save(arrays / "boomerang.npy", np.zeros((3, 27), np.uint8))  # wrong shape: 3 skips
+    strokes = [s for _, s in drawings_of(quickdraw_dir, "train")[:6]]
+    sketches = np.empty(6, dtype=object)
+    for i, s in enumerate(strokes):
+        sketches[i] = stroke3_from_strokes([np.round(p) for p in s])
+    np.savez(arrays / "train.npz", test=sketches)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with zipfile.ZipFile(arrays / "evil.npz", "w") as z:
+        with z.open("test.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+            f.write(pickle.dumps(np.array([Boom()], dtype=object), protocol=2))
+
+    images = root / "images"
+    for name in ("boomerang", "tree"):
+        (images / name).mkdir(parents=True)
+        for key, s in drawings_of(quickdraw_dir, name)[10:14]:
+            Image.fromarray(255 - render(s, 64)).save(images / name / f"{key}.png")  # black on white
+    good = sorted((images / "tree").glob("*.png"))[0].read_bytes()
+    (images / "tree" / "empty.png").write_bytes(b"")
+    (images / "tree" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (images / "tree" / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    (images / "notes.txt").write_text("not a drawing")
+
+    planted = {"malformed_json": 2, "non_finite_coordinates": 1, "bad_npy_shape": 3, "unsafe_pickle": 1,
+               "empty_file": 1, "unreadable_image": 2, "unknown_format": 1}
+    return {"ndjson": ndjson, "arrays": arrays, "images": images}, planted
+
+
+def test_mixed_job_counts_every_record_and_matches_direct_calls(mixed_inputs, classifier_export, model,
+                                                                 tmp_path, quickdraw_dir):
+    paths, planted = mixed_inputs
+    out = tmp_path / "job"
+    spec = ",".join(str(p) for p in paths.values())
+    assert run("--model", classifier_export, "--input", spec, "--out", out) == 0
+    rows, report = read_job(out)
+    counts = report["counts"]
+    assert counts["skipped_by_reason"] == planted
+    assert counts["skipped"] == sum(planted.values())
+    expected_items = 10 + 10 + 8 + 12 + 6 + 8  # ndjson clock, tree, cloud; npy rows; npz drawings; images
+    assert counts["predicted"] == len(rows) == expected_items
+    assert counts["read"] == counts["predicted"] + counts["skipped"]
+    assert "clock.ndjson:11" in counts["skip_examples"]["malformed_json"]
+    assert [r["row"] for r in rows] == list(range(len(rows)))
+    assert [r["source"] for r in rows] == sorted(r["source"] for r in rows)
+
+    # Each ndjson item equals the SavedModel called directly on the drawing rendered here.
+    by_id = {(r["source"], r["id"]): r for r in rows}
+    for key, strokes in drawings_of(quickdraw_dir, "clock")[:10]:
+        direct = model.loaded.classify_images(render(strokes)[None, :, :, None])
+        row = by_id[("ndjson/clock.ndjson", key)]
+        assert row["label"] == "clock"
+        assert row["top_classes"] == [c.decode() for c in direct["top_classes"].numpy()[0]]
+        np.testing.assert_allclose(row["top_probabilities"], direct["top_probabilities"].numpy()[0], atol=1e-6)
+    # Black-on-white PNGs were inverted (polarity auto): the same class as the canonical rendering.
+    for key, strokes in drawings_of(quickdraw_dir, "tree")[10:14]:
+        canonical = model.loaded.classify_images(render(strokes)[None, :, :, None])["top_classes"].numpy()[0, 0]
+        assert by_id[(f"images/tree/{key}.png", f"images/tree/{key}.png")]["top_classes"][0] == canonical.decode()
+
+    # embeddings.npz is a feature file whose rows follow predictions.jsonl.
+    from retrieval.features import load_features
+
+    features = load_features(out / "embeddings.npz")
+    assert features.features.shape == (len(rows), 32)
+    assert list(features.ids) == [r["id"] for r in rows]
+    assert [features.class_names[i] for i in features.labels] == [r["label"] for r in rows]
+    clock = [i for i, r in enumerate(rows) if r["source"] == "ndjson/clock.ndjson"][:3]
+    pixels = np.stack([render(s)[:, :, None] for _, s in drawings_of(quickdraw_dir, "clock")[:10]])
+    direct = model.embed("images", pixels)
+    order = [next(j for j, (k, _) in enumerate(drawings_of(quickdraw_dir, "clock")[:10]) if k == rows[i]["id"])
+             for i in clock]
+    np.testing.assert_allclose(features.features[clock], direct[order], rtol=1e-5, atol=1e-6)
+
+
+def test_report_metrics_equal_an_independent_computation(mixed_inputs, classifier_export, tmp_path):
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    paths, _ = mixed_inputs
+    out = tmp_path / "job"
+    assert run("--model", classifier_export, "--input", paths["ndjson"], "--out", out) == 0
+    rows, report = read_job(out)
+    metrics = report["classification"]
+    truth = [BITMAP_CLASSES.index(r["label"]) for r in rows]
+    top1 = [BITMAP_CLASSES.index(r["top_classes"][0]) for r in rows]
+    assert metrics["evaluated"] == len(rows) == 28
+    assert metrics["top1"] == pytest.approx(np.mean(np.equal(truth, top1)))
+    assert metrics["top5"] == pytest.approx(np.mean([r["label"] in r["top_classes"][:5] for r in rows]))
+    assert metrics["chance"] == {"top1": pytest.approx(1 / 6), "top5": pytest.approx(5 / 6)}
+    matrix = confusion_matrix(truth, top1, labels=range(6))
+    assert metrics["confusion_matrix"]["matrix"] == matrix.tolist()
+    precision, recall, _, support = precision_recall_fscore_support(truth, top1, labels=range(6), zero_division=np.nan)
+    for k, row in enumerate(metrics["per_class"]):
+        assert row["support"] == support[k]
+        for name, value in (("precision", precision[k]), ("recall", recall[k])):
+            assert (row[name] is None) if np.isnan(value) else row[name] == pytest.approx(value)
+    assert metrics["top1"] > 0.5  # a trained model on real drawings, chance 1/6
+    csv_rows = (out / "confusion_matrix.csv").read_text().splitlines()
+    assert csv_rows[0].split(",")[1:] == BITMAP_CLASSES
+    assert [int(v) for v in csv_rows[2].split(",")[1:]] == matrix[1].tolist()
+    assert Image.open(out / "confusion_matrix.png").size[0] > 200
+
+
+def test_confusion_pairs_and_accuracy_against_loops():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 200)
+    top = np.stack([rng.permutation(5) for _ in range(200)])
+    names = list("abcde")
+    report = batch_report.classification_report(labels, top, names)
+    counts = {}
+    for t, p in zip(labels, top[:, 0]):
+        if t != p:
+            counts[(names[t], names[p])] = counts.get((names[t], names[p]), 0) + 1
+    best = sorted(counts.items(), key=lambda kv: -kv[1])[0]
+    assert report["most_confused"][0]["count"] == best[1]
+    assert [(p["true"], p["predicted"]) for p in report["most_confused"]].count(best[0]) <= 1
+    assert all(a["count"] >= b["count"] for a, b in zip(report["most_confused"], report["most_confused"][1:]))
+    assert report["top5"] == 1.0 and report["top1"] == pytest.approx(np.mean(labels == top[:, 0]))
+
+
+def test_data_set_split_and_rerun(classifier_export, quickdraw_dir, tmp_path, model):
+    from configuration_sketch import QuickDrawBuildConfig, RasterConfig
+    from data_prep import quickdraw_build
+    from data_prep.pipeline import load_split
+
+    data = tmp_path / "data"
+    quickdraw_build.build(QuickDrawBuildConfig(source=str(quickdraw_dir / "simplified"), format="simplified",
+                                               categories="clock,cloud,tree", train_per_class=15, test_per_class=10,
+                                               out=str(data), shards=2, workers=1),
+                          RasterConfig(image_size=28), progress=False)
+    out = tmp_path / "job"
+    assert run("--model", classifier_export, "--input", data, "--split", "test", "--out", out) == 0
+    rows, report = read_job(out)
+    images, labels, ids = [], [], []
+    for x, y, k in load_split(data, "test", 64, with_key_ids=True):
+        images.append(x.numpy())
+        labels += y.numpy().tolist()
+        ids += [i.decode() for i in k.numpy()]
+    direct = model.run("images", np.concatenate(images))
+    assert sorted(r["id"] for r in rows) == sorted(ids) and report["counts"]["read"] == len(ids)
+    by_id = {r["id"]: r for r in rows}
+    names = ["clock", "cloud", "tree"]
+    for i, key in enumerate(ids):
+        assert by_id[key]["label"] == names[labels[i]]
+        assert by_id[key]["top_classes"][0] == direct["top_classes"][i, 0].decode()
+    before = (out / "predictions.jsonl").read_bytes()
+    assert run("--model", classifier_export, "--input", data, "--split", "test", "--out", out) == 0  # no-op
+    assert (out / "predictions.jsonl").read_bytes() == before
+    assert run("--model", classifier_export, "--input", data, "--split", "train", "--out", out) == 2  # another job
+    assert run("--model", classifier_export, "--input", data, "--split", "valid", "--out", tmp_path / "x") == 2
+    (data / "dataset_info.json").unlink()
+    orphan = tmp_path / "orphan"
+    assert run("--model", classifier_export, "--input", data, "--out", orphan) == 0
+    _, report = read_job(orphan)
+    assert report["counts"]["skipped_by_reason"] == {"missing_dataset_info": 4} and report["counts"]["predicted"] == 0
+
+
+def test_strict_stops_at_the_first_bad_record(mixed_inputs, classifier_export, tmp_path, capfd):
+    paths, _ = mixed_inputs
+    assert run("--model", classifier_export, "--input", paths["ndjson"] / "clock.ndjson", "--out",
+               tmp_path / "s", "--strict") == 1
+    err = capfd.readouterr().err
+    assert "--strict" in err and "clock.ndjson:11: malformed_json" in err and "Traceback" not in err
+
+
+def test_bad_model_and_flags_are_one_line_errors(mixed_inputs, classifier_export, tmp_path, capfd):
+    paths, _ = mixed_inputs
+    spec = str(paths["ndjson"])
+    cases = [
+        (["--model", tmp_path, "--input", spec, "--out", tmp_path / "a"], "is not an exported model folder"),
+        (["--model", classifier_export, "--input", tmp_path / "none*", "--out", tmp_path / "b"], "matches no file"),
+        (["--model", classifier_export, "--input", spec, "--out", tmp_path / "c", "--no_such_flag", "1"],
+         "unknown flag '--no_such_flag'"),
+        (["--model", classifier_export, "--input", spec], "--out are required"),
+        (["--model", classifier_export, "--input", spec, "--out", tmp_path / "d", "--polarity", "sideways"],
+         "polarity"),
+    ]
+    for argv, message in cases:
+        capfd.readouterr()
+        assert run(*argv) == 2, argv
+        err = capfd.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_embedding_and_hash_models(tmp_path, quickdraw_dir, capfd):
+    import keras
+
+    from serving.export import export_model
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(4, 5, strides=4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(12, activation="tanh")(h))
+    export_model(model, tmp_path / "hash", class_names=None, image_size=28, channels=1, kind="hash",
+                 polarity="white_on_black")
+    source = tmp_path / "in"
+    source.mkdir()
+    lines = (quickdraw_dir / "simplified" / "cat.ndjson").read_bytes().splitlines()[:7]
+    (source / "cat.ndjson").write_bytes(b"\n".join(lines))
+    capfd.readouterr()
+    assert run("--model", tmp_path / "hash", "--input", source, "--out", tmp_path / "h", "--head", "classify") == 2
+    assert "--head classify needs a classifier; the model is a hash model" in capfd.readouterr().err
+    assert run("--model", tmp_path / "hash", "--input", source, "--out", tmp_path / "h") == 0
+    rows, report = read_job(tmp_path / "h")
+    assert "top_classes" not in rows[0] and "classification" not in report
+    assert [r["id"] for r in rows] == [str(orjson.loads(line)["key_id"]) for line in lines]  # file order
+    pixels = np.stack([render([np.asarray(s[:2], np.float32).T for s in orjson.loads(line)["drawing"]])
+                       for line in lines])[..., None]
+    direct = model.predict(pixels / 255.0, verbose=0)
+    with np.load(tmp_path / "h" / "embeddings.npz") as e, np.load(tmp_path / "h" / "codes.npz") as c:
+        np.testing.assert_allclose(e["features"], direct, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(c["features"], np.packbits(direct > 0, axis=1))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_byte_identical_predictions(mixed_inputs, classifier_export, tmp_path):
+    paths, _ = mixed_inputs
+    spec = ",".join(str(p) for p in paths.values())
+    assert run("--model", classifier_export, "--input", spec, "--out", tmp_path / "one") == 0
+    done = subprocess.run([sys.executable, "-m", "serving.batch", "--model", str(classifier_export), "--input", spec,
+                           "--out", str(tmp_path / "two"), "--runner", "DirectRunner", "--direct_num_workers", "2",
+                           "--progress=false"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "WARNING" not in done.stderr and "oneDNN" not in done.stderr
+    assert (tmp_path / "one" / "predictions.jsonl").read_bytes() == (tmp_path / "two" / "predictions.jsonl").read_bytes()
+    one, two = read_job(tmp_path / "one")[1], read_job(tmp_path / "two")[1]
+    assert one["counts"] == two["counts"] and one["classification"] == two["classification"]
+    assert "read " in done.stdout and "items/s" in done.stdout
