@@ -111,7 +111,8 @@ def test_other_formats_are_reencoded_upright_with_alpha_and_depth(drawings, tmp_
     (tmp_path / "r.webp").write_bytes(encode(image.transpose(Image.Transpose.ROTATE_90), "WEBP", lossless=True,
                                              exif=exif.tobytes()))
     (tmp_path / "d.tif").write_bytes(encode(Image.fromarray(pixels.astype(np.uint16) * 257), "TIFF"))
-    (tmp_path / "x.bmp").write_bytes(encode(Image.fromarray(np.dstack([pixels] * 3 + [pixels])), "BMP"))
+    # 32-bit BMP, padding byte 0 (as Windows writes it): TF would read that byte as alpha, all transparent
+    (tmp_path / "x.bmp").write_bytes(encode(Image.fromarray(np.dstack([pixels] * 3 + [0 * pixels])), "BMP"))
     transparent = Image.fromarray(pixels).convert("P")
     (tmp_path / "t.gif").write_bytes(encode(transparent, "GIF", transparency=0))
 
@@ -150,6 +151,8 @@ def test_formats_polarity_and_alpha_embed_as_the_raster(drawings, classifier, tm
     (tmp_path / "turned.webp").write_bytes(encode(Image.fromarray(255 - pixels).transpose(Image.Transpose.ROTATE_270),
                                                   "WEBP", lossless=True, exif=exif.tobytes()))
     paths.append(tmp_path / "turned.webp")
+    (tmp_path / "padded.bmp").write_bytes(encode(Image.fromarray(np.dstack([255 - pixels] * 3 + [0 * pixels])), "BMP"))
+    paths.append(tmp_path / "padded.bmp")
     got = embed_files(model, paths, polarity="auto")
     assert got.shape == (len(paths), 16) and got.dtype == np.float32
     scale = np.linalg.norm(expected)
