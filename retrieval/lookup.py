@@ -24,9 +24,8 @@ from PIL import Image, ImageOps
 from data_prep.image_folder import IMAGE_SUFFIXES
 from retrieval.index import GalleryIndex, build_index
 from retrieval.ranking import pack_codes
+from serving import image_files
 
-# PNG modes PIL writes as they are; a re-encoded image in another mode becomes RGB(A).
-PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
 
@@ -34,45 +33,17 @@ class QueryError(ValueError):
     """A query or gallery that cannot be embedded; the message names the file and the problem."""
 
 
-def decoded_as_is(image: Image.Image) -> bool:
-    """Whether TensorFlow's decode_image reads this opened file as PIL does: PNG and JPEG always;
-    GIF without transparency (TF drops it); BMP only 24-bit uncompressed (TF takes the padding byte
-    of 32-bit BMPs for alpha and refuses 1- and 4-bit ones)."""
-    if image.format in ("PNG", "JPEG"):
-        return True
-    if image.format == "GIF":
-        return "transparency" not in image.info
-    if image.format == "BMP":
-        return image.info.get("compression") == 0 and bool(image.tile) and image.tile[0].args[0] == "BGR"
-    return False
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """A loaded image as PNG bytes, upright (EXIF applied), alpha and 16-bit depth kept."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "I" and 0 <= image.getextrema()[0] and image.getextrema()[1] <= 65535:
-        image = Image.fromarray(np.asarray(image).astype(np.uint16))
-    if image.mode not in PNG_MODES:
-        has_alpha = "A" in image.getbands() or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def encoded_image(path) -> bytes:
-    """The bytes an `encoded` endpoint gets for the image file at `path`: the file itself when TF
-    decodes it as PIL does, else a PNG re-encoding (QueryError naming the file when PIL cannot read it)."""
+    """The bytes an `encoded` endpoint gets for the image file at `path` (serving.image_files);
+    QueryError naming the file when it is no usable image."""
     path = pathlib.Path(path)
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            if decoded_as_is(image):
-                return data
-            image.load()
-            return png_bytes(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        data, problem = image_files.encodable(path.read_bytes())
+    except OSError as err:
         raise QueryError(f"cannot read image {str(path)!r}: {err}") from None
+    if problem:
+        raise QueryError(f"cannot read image {str(path)!r}: {problem[0]} ({problem[1]})")
+    return data
 
 
 def display_image(path) -> Image.Image:

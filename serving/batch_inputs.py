@@ -9,7 +9,7 @@ one file of one kind, found by its path and checked by its content:
 | `ndjson`  | Quick, Draw! raw or simplified `.ndjson` / `.ndjson.gz`     | record `word`, else the file's category |
 | `bitmap`  | numpy_bitmap `.npy` (N x 784 uint8)                         | the file's category |
 | `sketchrnn`| sketch-rnn `.npz` (restricted unpickler)                   | the file's category |
-| `image`   | PNG, JPEG, GIF, BMP (others PIL reads are re-encoded as PNG) | its class sub-folder, if any |
+| `image`   | any image PIL reads (serving.image_files: re-encoded as PNG when TF would misread it) | its class sub-folder, if any |
 | `orphan`  | a `.tfrecord` without the data set's `dataset_info.json`    | (a counted skip)  |
 | `unknown` | anything else found in a folder                              | (a counted skip)  |
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
-import io
 import os
 import pathlib
 from collections.abc import Iterator
@@ -31,11 +30,10 @@ import numpy as np
 
 from data_prep import quickdraw, tfrecords
 from data_prep.skips import BadRecord, SkipCounter
+from serving import image_files
 
-ENCODED_FORMATS = ("PNG", "JPEG", "GIF", "BMP")  # what tf.io.decode_image reads
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz")
-MAX_IMAGE_PIXELS = 64_000_000  # larger images are a counted skip (`too_large`), not a 1 GB decode
 SHARD_BATCH = 256
 
 
@@ -286,44 +284,13 @@ def read_sketchrnn(source: Source, settings: ReadSettings) -> Iterator[Item | Sk
     yield from _skips(source, counter)
 
 
-def check_image(data: bytes) -> tuple[bytes, None] | tuple[None, tuple[str, str]]:
-    """(bytes the model's decoder reads, None) or (None, (reason, detail)) for a file's bytes.
-
-    Catches what would fail or cost too much in the graph: empty files, non-images, truncated
-    or corrupt data, images over MAX_IMAGE_PIXELS; formats TensorFlow does not decode (WebP,
-    TIFF) are re-encoded as PNG.
-    """
-    from PIL import Image
-
-    if not data:
-        return None, ("empty_file", "0 bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                return None, ("too_large", f"{width} x {height} pixels > {MAX_IMAGE_PIXELS:,}")
-            fmt = image.format
-            image.load()
-            if fmt in ENCODED_FORMATS:
-                return data, None
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue(), None
-    except Image.DecompressionBombError as err:
-        return None, ("too_large", str(err))
-    except Image.UnidentifiedImageError:
-        return None, ("unreadable_image", "not in an image format PIL knows (the bytes may be corrupt or random)")
-    except (OSError, SyntaxError, ValueError) as err:
-        return None, ("unreadable_image", f"{type(err).__name__}: {err}")
-
-
 def read_image(source: Source, settings: ReadSettings) -> Iterator[Item | Skip]:
     try:
         data = pathlib.Path(source.path).read_bytes()
     except OSError as err:
         yield from _skip_one(source, settings, "unreadable_file", f"{type(err).__name__}: {err.strerror or err}")
         return
-    encoded, problem = check_image(data)
+    encoded, problem = image_files.encodable(data)
     if problem:
         yield from _skip_one(source, settings, *problem)
         return
