@@ -27,6 +27,9 @@ POLARITY_SHARE = 0.95
 DARK_BORDER = 0.25
 EXIF_ORIENTATION_TAG = 0x0112
 MAX_EXIF_ENTRIES = 64
+LUMA = (0.299, 0.587, 0.114)
+PNG_MAGIC = b"\x89PNG"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def to_unit_float(images: tf.Tensor) -> tf.Tensor:
@@ -38,6 +41,12 @@ def to_unit_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
 
+def to_grey(x: tf.Tensor) -> tf.Tensor:
+    """Float RGB [..., 3] -> grey [..., 1] with ITU-R 601 luma (PIL's "L"); weights summing to 1
+    keep white at 1.0 (tf.image.rgb_to_grayscale's sum to 0.9999)."""
+    return tf.reduce_sum(x * tf.constant(LUMA, x.dtype), axis=-1, keepdims=True)
+
+
 def convert_channels(x: tf.Tensor, channels: int | None) -> tf.Tensor:
     """Float images [..., H, W, C] with C in (1, 3) to `channels` (None keeps them)."""
     have = x.shape[-1]
@@ -46,20 +55,29 @@ def convert_channels(x: tf.Tensor, channels: int | None) -> tf.Tensor:
     if have == 1 and channels == 3:
         return tf.image.grayscale_to_rgb(x)
     if have == 3 and channels == 1:
-        return tf.image.rgb_to_grayscale(x)
+        return to_grey(x)
     raise ValueError(f"Cannot convert {have} channels to {channels}.")
 
 
 def resize_square(x: tf.Tensor, size: int) -> tf.Tensor:
     """Float images [B, H, W, C] -> [B, size, size, C]: unchanged at that size, area averaging to
-    shrink, bicubic (clipped to [0, 1]) to enlarge: the data builder's rule."""
+    shrink, bicubic (clipped to [0, 1]) to enlarge: the data builder's rule (cv2.resize with
+    INTER_AREA when size < max(H, W), else INTER_CUBIC), kernel for kernel."""
     if x.shape[1] == size and x.shape[2] == size:
         return x
     shape = tf.shape(x)
     height, width = shape[1], shape[2]
 
-    def shrink():
+    def area():
         return tf.image.resize(x, [size, size], method="area")
+
+    def area_linear():
+        rows, cols = area_linear_matrix(height, size), area_linear_matrix(width, size)
+        return tf.einsum("yh,bhwc,xw->byxc", rows, x, cols)
+
+    def shrink():
+        # OpenCV averages areas only when neither side grows; else it uses a 2-tap kernel.
+        return tf.cond(tf.minimum(height, width) >= size, area, area_linear)
 
     def enlarge():
         rows, cols = cubic_matrix(height, size), cubic_matrix(width, size)
@@ -71,6 +89,22 @@ def resize_square(x: tf.Tensor, size: int) -> tf.Tensor:
     same = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
     out = tf.cond(same, lambda: tf.identity(x), resize)
     return tf.ensure_shape(out, [None, size, size, x.shape[-1]])
+
+
+def area_linear_matrix(source: tf.Tensor, size: int) -> tf.Tensor:
+    """[size, source] weights of OpenCV's INTER_AREA when one side shrinks and the other grows:
+    two taps per output pixel, at floor(i * scale) and the next source pixel (replicated border),
+    the second weighted by the fraction of the output pixel past the first's end."""
+    source = tf.cast(source, tf.int32)
+    scale = tf.cast(source, tf.float64) / float(size)
+    i = tf.range(size, dtype=tf.float64)
+    first = tf.floor(i * scale)
+    fraction = (i + 1) - (first + 1) / scale
+    fraction = tf.cast(tf.where(fraction <= 0, tf.zeros_like(fraction), fraction - tf.floor(fraction)), tf.float32)
+    index = tf.cast(first, tf.int32)
+    second = tf.minimum(index + 1, source - 1)
+    return (tf.one_hot(index, source) * (1.0 - fraction)[:, None]
+            + tf.one_hot(second, source) * fraction[:, None])
 
 
 def cubic_matrix(source: tf.Tensor, size: int, a: float = -0.75) -> tf.Tensor:
@@ -194,11 +228,31 @@ def composite_alpha(x: tf.Tensor) -> tf.Tensor:
     return colour * alpha + ground * (1.0 - alpha)
 
 
+def decode_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """One PNG, JPEG, GIF (first frame) or BMP -> float32 [H, W, 1..4] in [0, 1] as stored.
+
+    PNG is read at 16 bits (8-bit PNGs come scaled by 257, so both depths divide by 65535);
+    the others at 8 bits: decode_image(dtype=uint16) scales them by 256, which made white 0.996.
+    JPEG uses the accurate integer DCT, as PIL (the image-folder builder) does: TF's default fast
+    DCT differs from it by up to 5 grey levels."""
+    def png():
+        return to_unit_float(tf.io.decode_png(encoded, channels=0, dtype=tf.uint16))
+
+    def jpeg():
+        return to_unit_float(tf.io.decode_jpeg(encoded, channels=0, dct_method="INTEGER_ACCURATE"))
+
+    def other():
+        return to_unit_float(tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False))
+
+    is_png = tf.equal(tf.strings.substr(encoded, 0, len(PNG_MAGIC)), PNG_MAGIC)
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
+    return tf.case([(is_png, png), (is_jpeg, jpeg)], default=other)
+
+
 def decode_one(encoded: tf.Tensor, channels: int) -> tf.Tensor:
     """One PNG, JPEG, GIF (first frame) or BMP -> float32 [H, W, channels] in [0, 1], upright."""
-    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint16, expand_animations=False)
-    image = apply_orientation(image, exif_orientation(encoded))
-    return _to_channels(to_unit_float(image), channels)
+    image = apply_orientation(decode_pixels(encoded), exif_orientation(encoded))
+    return _to_channels(image, channels)
 
 
 def _to_channels(x: tf.Tensor, channels: int) -> tf.Tensor:
@@ -213,11 +267,11 @@ def _to_channels(x: tf.Tensor, channels: int) -> tf.Tensor:
         return composite_alpha(padded[..., :2])
 
     def rgb():
-        return tf.image.rgb_to_grayscale(padded[..., :3]) if channels == 1 else padded[..., :3]
+        return to_grey(padded[..., :3]) if channels == 1 else padded[..., :3]
 
     def rgba():
         flat = composite_alpha(padded[..., :4])
-        return tf.image.rgb_to_grayscale(flat) if channels == 1 else flat
+        return to_grey(flat) if channels == 1 else flat
 
     def expand(fn):
         def branch():
