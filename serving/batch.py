@@ -251,13 +251,16 @@ def read_step(source: Source, settings: ReadSettings):
             yield ("item", (record.source, record.ordinal, record.id, record.label), (record.kind, record.data))
 
 
-def row_step(scored) -> tuple:
+def row_step(scored, strict: bool = False) -> tuple:
     """Beam Map: a scored (key, PredictionResult) to ('row', key, outputs) or ('skip', Skip)."""
     key, result = scored
     out = result.inference
     if "skip" in out:
         reason, message = out["skip"]
-        return ("skip", Skip(key[0], reason, 1, f"{key[0]} item {key[2]}: {message}"))
+        example = f"{key[0]} item {key[2]}: {reason} ({message})"
+        if strict:
+            raise batch_inputs.StrictStop(example)
+        return ("skip", Skip(key[0], reason, 1, example))
     return ("row", key, out)
 
 
@@ -378,7 +381,7 @@ def build_pipeline(pipeline, sources: list[Source], job: Job):
     items = (records | "Items" >> beam.Filter(lambda r: r[0] == "item")
              | "Key" >> beam.Map(lambda r: (r[1], r[2])))
     skips = records | "Skips" >> beam.Filter(lambda r: r[0] == "skip")
-    scored = items | "Score" >> RunInference(handler) | "Rows" >> beam.Map(row_step)
+    scored = items | "Score" >> RunInference(handler) | "Rows" >> beam.Map(row_step, job.settings.strict)
     return ((scored, skips) | "Merge" >> beam.Flatten()
             | "Gather" >> beam.combiners.ToList()
             | "Write" >> beam.Map(write_step, job))

@@ -345,3 +345,42 @@ def test_two_worker_processes_write_byte_identical_predictions(mixed_inputs, cla
     one, two = read_job(tmp_path / "one")[1], read_job(tmp_path / "two")[1]
     assert one["counts"] == two["counts"] and one["classification"] == two["classification"]
     assert "read " in done.stdout and "items/s" in done.stdout
+
+
+def test_an_item_the_graph_cannot_decode_is_a_counted_skip_or_a_strict_stop():
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from serving.batch_inputs import StrictStop
+
+    key = ("images/a.png", 0, "images/a.png", "tree")
+    scored = (key, PredictionResult(("encoded", b"x"), {"skip": ("undecodable_image", "Invalid PNG data")}))
+    kind, skip = batch.row_step(scored)
+    assert kind == "skip" and (skip.reason, skip.count) == ("undecodable_image", 1)
+    assert skip.example == "images/a.png item images/a.png: undecodable_image (Invalid PNG data)"
+    with pytest.raises(StrictStop, match="images/a.png item images/a.png: undecodable_image"):
+        batch.row_step(scored, strict=True)
+    good = (key, PredictionResult(("encoded", b"x"), {"embedding": np.zeros(3)}))
+    assert batch.row_step(good, strict=True)[0] == "row"
+
+
+def test_handler_scores_the_rest_of_a_batch_around_an_undecodable_item(classifier_export, model, quickdraw_dir):
+    """Real PNGs and one PNG whose data TF rejects: the others equal direct calls, the bad one is a skip."""
+    import io
+
+    from serving.batch import Job
+    from serving.batch_inputs import ReadSettings
+
+    pngs = []
+    for _, strokes in drawings_of(quickdraw_dir, "cloud")[:5]:
+        buffer = io.BytesIO()
+        Image.fromarray(render(strokes)).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    broken = pngs[2][:40] + b"\x00" * 64 + pngs[2][104:]  # a valid header, then corrupt image data
+    job = Job(str(classifier_export), "", "classify", "auto", 4, ReadSettings(28, 1, {}), tuple(BITMAP_CLASSES),
+              "classifier", 32, "", 0.0)
+    handler = batch._model_handler_class()(job)
+    results = handler.run_inference([("encoded", p) for p in pngs[:2] + [broken] + pngs[3:]], model)
+    assert results[2].inference["skip"][0] == "undecodable_image"
+    direct = model.run("encoded", pngs[:2] + pngs[3:])
+    for got, i in zip([results[j] for j in (0, 1, 3, 4)], range(4)):
+        np.testing.assert_allclose(got.inference["probabilities"], direct["probabilities"][i], atol=1e-6)
