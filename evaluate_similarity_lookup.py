@@ -193,7 +193,7 @@ def run_lookup(config: cs.EvalConfig) -> int:
 
 
 def run_features(config: cs.EvalConfig) -> int:
-    from retrieval.features import save_features
+    from serving.features import save_features
     from retrieval.lookup import embed_files, list_image_folder, thumbnail
 
     if not config.images or not config.out:

@@ -1,4 +1,4 @@
-"""Feature files: load, validate and save the `.npz` files the evaluator reads.
+"""Feature files: load and validate the `.npz` files the evaluator reads (serving.features writes them).
 
 A feature file is an `.npz` holding `features` (N x D float, or N x B uint8 packed bit codes for
 Hamming), `labels` (N integers) and optionally `ids` (N strings or integers), `class_names`
@@ -139,19 +139,6 @@ def load_features(path: str | os.PathLike, *, binary: bool | None = False) -> Fe
                 f"{str(path)!r}: `images` must be uint8 N x H x W (x C) with N={len(labels)}. "
                 f"Received {images.dtype} {images.shape}.")
     return FeatureSet(features, labels, ids, class_names, images, str(path))
-
-
-def save_features(path: str | os.PathLike, features, labels, *, ids=None, class_names=None,
-                  images=None) -> None:
-    """Write a feature file (compressed .npz) that `load_features` reads back."""
-    arrays = {"features": np.asarray(features), "labels": np.asarray(labels, dtype=np.int64)}
-    if ids is not None:
-        arrays["ids"] = np.asarray(ids).astype(str)
-    if class_names is not None:
-        arrays["class_names"] = np.asarray(list(class_names), dtype=str)
-    if images is not None:
-        arrays["images"] = np.asarray(images, dtype=np.uint8)
-    np.savez_compressed(path, **arrays)
 
 
 _SUFFIX = re.compile(r"^(.*)-\d+$")

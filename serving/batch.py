@@ -31,6 +31,7 @@ import numpy as np
 from configuration_sketch import BatchConfig
 from serving import batch_inputs, batch_report
 from serving.batch_inputs import ReadSettings, Skip, Source
+from serving.features import save_features
 
 OUTPUTS = ("predictions.jsonl", "embeddings.npz", "codes.npz", "report.json", "confusion_matrix.csv",
            "confusion_matrix.png", "job.json", "job.log")
@@ -306,15 +307,14 @@ def summarize(rows: list, skips: list[Skip], job: Job) -> tuple[dict, dict[str, 
     files = {"predictions.jsonl": ("\n".join(lines) + ("\n" if lines else "")).encode()}
     embeddings = (np.stack([out["embedding"] for _, out in rows]).astype(np.float32) if rows
                   else np.zeros((0, job.embedding_dim), np.float32))
-    features = {"features": embeddings, "labels": labels, "ids": np.array([key[2] for key, _ in rows], dtype=str)}
-    if labels.size and labels.min() >= 0:
-        features["class_names"] = np.array(names, dtype=str)
+    ids = [key[2] for key, _ in rows]
+    class_names = names if labels.size and labels.min() >= 0 else None
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **features)
+    save_features(buffer, embeddings, labels, ids=ids, class_names=class_names)
     files["embeddings.npz"] = buffer.getvalue()
     if rows and "codes" in rows[0][1]:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{**features, "features": np.stack([out["codes"] for _, out in rows])})
+        save_features(buffer, np.stack([out["codes"] for _, out in rows]), labels, ids=ids, class_names=class_names)
         files["codes.npz"] = buffer.getvalue()
 
     by_reason: dict[str, int] = {}

@@ -13,7 +13,8 @@ import orjson
 import pytest
 from PIL import Image
 
-from retrieval.features import load_features, save_features
+from retrieval.features import load_features
+from serving.features import save_features
 from retrieval.metrics import evaluate
 from retrieval.ranking import pack_codes
 from tests.test_lookup import real_drawings, save_folder, tiny_classifier

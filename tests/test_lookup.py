@@ -18,7 +18,7 @@ from PIL import Image
 
 import configuration_sketch as cs
 from data_prep.raster import rasterize
-from retrieval.features import save_features
+from serving.features import save_features
 from retrieval.lookup import (QueryError, embed_files, embed_query, encoded_image, index_image_folder,
                               list_image_folder, prepare_query)
 from serving import model as serving_model
