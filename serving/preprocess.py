@@ -29,6 +29,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 MAX_EXIF_ENTRIES = 64
 LUMA = (0.299, 0.587, 0.114)
 PNG_MAGIC = b"\x89PNG"
+PNG_DEPTH_OFFSET = 24  # the bit-depth byte of the IHDR chunk, which a PNG must start with
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -231,12 +232,14 @@ def composite_alpha(x: tf.Tensor) -> tf.Tensor:
 def decode_pixels(encoded: tf.Tensor) -> tf.Tensor:
     """One PNG, JPEG, GIF (first frame) or BMP -> float32 [H, W, 1..4] in [0, 1] as stored.
 
-    PNG is read at 16 bits (8-bit PNGs come scaled by 257, so both depths divide by 65535);
-    the others at 8 bits: decode_image(dtype=uint16) scales them by 256, which made white 0.996.
+    16-bit PNGs are read at 16 bits, everything else at 8 (so 8-bit pixels become v / 255 exactly
+    as in training; decode_image(dtype=uint16) scaled GIF, BMP and JPEG by 256: white was 0.996).
     JPEG uses the accurate integer DCT, as PIL (the image-folder builder) does: TF's default fast
     DCT differs from it by up to 5 grey levels."""
     def png():
-        return to_unit_float(tf.io.decode_png(encoded, channels=0, dtype=tf.uint16))
+        sixteen_bit = tf.equal(tf.strings.substr(encoded, PNG_DEPTH_OFFSET, 1), b"\x10")
+        return tf.cond(sixteen_bit, lambda: to_unit_float(tf.io.decode_png(encoded, channels=0, dtype=tf.uint16)),
+                       lambda: to_unit_float(tf.io.decode_png(encoded, channels=0, dtype=tf.uint8)))
 
     def jpeg():
         return to_unit_float(tf.io.decode_jpeg(encoded, channels=0, dct_method="INTEGER_ACCURATE"))

@@ -113,6 +113,17 @@ def test_eight_bit_formats_equal_pil(fmt):
     assert ours.max() == pytest.approx(255.0, abs=0.05) and ours.min() == 0.0
 
 
+def test_low_depth_and_palette_pngs_equal_pil(quickdraw_dir):
+    """1-bit and 4-colour palette PNGs of a real drawing decode as PIL reads them."""
+    drawing = rendered(quickdraw_dir, size=32, per_class=1)[0]
+    for image in (Image.fromarray(drawing > 127), Image.fromarray(drawing).quantize(4)):
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        data = buf.getvalue()
+        assert data[24] in (1, 2), data[24]  # the IHDR bit depth PIL chose
+        np.testing.assert_allclose(decode(data, 1)[..., 0], pil_pixels(data, "L"), atol=0.51)
+
+
 def test_jpeg_decoding_equals_pil_on_real_photos(sketchy_dir):
     """Colour JPEG photos decode as PIL decodes them (TF's default fast DCT differed by 5 levels)."""
     for path in sketchy_files(sketchy_dir, every=200)[:8]:
