@@ -45,7 +45,14 @@ class ExportError(ValueError):
 
 
 def _is_softmax(model) -> bool:
-    activation = getattr(model.layers[-1], "activation", None)
+    """Whether the model ends in a softmax: a layer with activation='softmax' or a Softmax layer
+    (which has no `activation`; it passed for logits and got a second softmax)."""
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
     return activation is not None and getattr(activation, "__name__", "") == "softmax"
 
 
@@ -108,17 +115,26 @@ def build_servable(model, *, kind: str, class_names, image_size: int, channels: 
         network = model
     embedding_dim = int(np.prod([d for d in (network.outputs[-1].shape[1:])]))
 
+    def run_network(x):
+        """The network on [N, S, S, C]; an empty batch skips it for empty outputs (TF's oneDNN
+        convolutions fail on zero images, even on a zero batch padded to one)."""
+        def empty():
+            zeros = [tf.zeros([0, *out.shape[1:]], out.dtype) for out in network.outputs]
+            return zeros if len(zeros) > 1 else zeros[0]
+
+        return tf.cond(tf.shape(x)[0] > 0, lambda: network(x, training=False), empty)
+
     def outputs(x):
         """Model input float [N, S, S, C] -> the named outputs of this kind."""
         if kind == "classifier":
-            scores, features = network(x, training=False)
+            scores, features = run_network(x)
             scores = tf.cast(scores, tf.float32)
             probabilities = tf.nn.softmax(scores, axis=-1) if outputs_are_logits else scores
             values, indices = tf.math.top_k(probabilities, k=top)
             return {"probabilities": probabilities, "top_classes": tf.gather(names, indices),
                     "top_probabilities": values,
                     "embedding": tf.reshape(tf.cast(features, tf.float32), [-1, embedding_dim])}
-        embedding = tf.reshape(tf.cast(network(x, training=False), tf.float32), [-1, embedding_dim])
+        embedding = tf.reshape(tf.cast(run_network(x), tf.float32), [-1, embedding_dim])
         return {"embedding": embedding, "codes": pack_bits(embedding)} if kind == "hash" else {"embedding": embedding}
 
     def from_pixels(images, policy):
@@ -153,7 +169,11 @@ def build_servable(model, *, kind: str, class_names, image_size: int, channels: 
     for head, head_fn in heads.items():
         for suffix, input_fn in inputs.items():
             name = f"{head}_{suffix}"
-            function = tf.function(_endpoint(head_fn, input_fn), input_signature=[specs[suffix], policy_spec])
+            # Traced for its one spec, not bound by input_signature: an input_signature casts NumPy
+            # arrays to its dtype (float pixels in [0, 1] became 0, int32 300 became 44), while a
+            # restored function with a traced spec refuses them naming that spec.
+            function = tf.function(_endpoint(head_fn, input_fn, specs[suffix]))
+            function.get_concrete_function(specs[suffix], policy_spec)
             setattr(servable, name, function)
             signatures[name] = tf.function(_auto(function), input_signature=[specs[suffix]]).get_concrete_function()
         if head != "preprocess":
@@ -165,15 +185,38 @@ def build_servable(model, *, kind: str, class_names, image_size: int, channels: 
     return servable, signatures, info
 
 
-def _endpoint(head_fn, input_fn):
-    def endpoint(data, polarity="auto"):
+def _endpoint(head_fn, input_fn, spec):
+    """The endpoint's Python function; its first argument is named as the input (`images` or
+    `encoded`, as README and the signatures name it), so `f(images=...)` works too."""
+    def run(data, polarity):
+        _check_spec(data, spec)
         return head_fn(input_fn(data, polarity))
+
+    if spec.name == "encoded":
+        def endpoint(encoded, polarity="auto"):
+            return run(encoded, polarity)
+    else:
+        def endpoint(images, polarity="auto"):
+            return run(images, polarity)
     return endpoint
 
 
+def _check_spec(data, spec) -> None:
+    """At trace time, refuse another dtype, rank or channel count than the endpoint's `spec` (in
+    process, a tf.function without input_signature would otherwise trace a graph for it)."""
+    if data.dtype != spec.dtype or not spec.shape.is_compatible_with(data.shape):
+        dims = ["N", "H", "W", str(spec.shape[-1])] if spec.shape.rank == 4 else ["N"]
+        raise TypeError(f"{spec.name} must be {spec.dtype.name} [{', '.join(dims)}]; received "
+                        f"{data.dtype.name} of shape {data.shape}.")
+
+
 def _auto(function):
+    """The endpoint with polarity 'auto', as a string tensor: the traced spec (a Python string
+    would trace and save another graph)."""
+    import tensorflow as tf
+
     def signature(data):
-        return function(data, "auto")
+        return function(data, tf.constant("auto"))
     return signature
 
 

@@ -1,10 +1,16 @@
-"""Shared fixtures: paths to the real samples in ../shared/data (never copied into the project)."""
+"""Shared fixtures: paths to the real samples in ../shared/data (never copied into the project),
+a small real data set and a trained classifier export built once per test run."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import os
 import pathlib
+import shutil
+from typing import Any
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,3 +51,93 @@ def quickdraw_28px(tmp_path_factory, quickdraw_dir) -> pathlib.Path:
                                   out=str(out), shards=2, workers=1)
     quickdraw_build.build(config, RasterConfig(image_size=28), progress=False)
     return out
+
+
+BITMAP = SHARED_DATA / "quickdraw_bitmap"
+BITMAP_CLASSES = ["boomerang", "clock", "cloud", "smiley face", "train", "tree"]
+# The first rows of each numpy_bitmap file are the drawings of ../quickdraw/{simplified,raw} (same
+# order, up to 41 per class): kept out of training so tests classify drawings the model never saw.
+BITMAP_HELD_OUT = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedExport:
+    """A classifier trained on real drawings and its export (see `trained_bitmap_export`)."""
+
+    export_dir: pathlib.Path
+    model: Any  # keras.Model: logits out, a Dense layer named "features" before them
+    class_names: list[str]
+    image_size: int
+    channels: int
+    held_out_accuracy: float  # top-1 on the held-out numpy_bitmap rows (6 x 50)
+
+
+def bitmap_rows(held_out: bool) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [N, 28, 28, 1] numpy_bitmap rows of BITMAP_CLASSES and int labels: the first
+    BITMAP_HELD_OUT rows of each class (held_out=True) or the rest."""
+    images, labels = [], []
+    for label, name in enumerate(BITMAP_CLASSES):
+        rows = np.load(BITMAP / f"{name}.npy", allow_pickle=False)
+        rows = rows[:BITMAP_HELD_OUT] if held_out else rows[BITMAP_HELD_OUT:]
+        images.append(rows.reshape(-1, 28, 28, 1))
+        labels.append(np.full(len(rows), label))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def train_bitmap_classifier(seed: int = 0, epochs: int = 4):
+    """A small CNN (logits; 'features' = the 64-wide Dense layer) fitted on the real numpy_bitmap
+    rows (7,700 drawings, white strokes on black, 28 px): about 10 s on 2 cores."""
+    import keras
+
+    images, labels = bitmap_rows(held_out=False)
+    order = np.random.default_rng(seed).permutation(len(images))
+    x, y = images[order].astype(np.float32) / 255.0, labels[order]
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(32, 3, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Dropout(0.3)(keras.layers.Flatten()(h))
+    features = keras.layers.Dense(64, activation="relu", name="features")(h)
+    model = keras.Model(inputs, keras.layers.Dense(len(BITMAP_CLASSES), name="logits")(features))
+    model.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=64, epochs=epochs, shuffle=True, verbose=0)
+    return model
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """`build(folder)` run once per test run, shared by pytest-xdist workers (they wait on a lock
+    file in the run's common temporary folder); returns the folder."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".done").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            (folder / ".done").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_bitmap_export(tmp_path_factory) -> TrainedExport:
+    """`train_bitmap_classifier()` exported with serving.export.export_model (classifier, 28 px,
+    1 channel, polarity 'white_on_black', Quick, Draw! raster settings): built once per test run
+    (about 25 s) and shared by every test and xdist worker. Reuse it for any test that needs a real
+    trained classifier export; `model` is the Keras model read back from the export's model.keras."""
+    import keras
+
+    from serving.export import KERAS_FILE, export_model
+
+    def build(folder):
+        export_model(train_bitmap_classifier(), folder, class_names=BITMAP_CLASSES, image_size=28, channels=1,
+                     polarity="white_on_black", raster={"image_size": 28, "line_width": 16.0, "padding": 16.0})
+
+    folder = built_once(tmp_path_factory, "trained_bitmap_export", build)
+    model = keras.models.load_model(folder / KERAS_FILE)
+    images, labels = bitmap_rows(held_out=True)
+    accuracy = float(np.mean(model.predict(images / 255.0, verbose=0).argmax(1) == labels))
+    return TrainedExport(folder, model, list(BITMAP_CLASSES), 28, 1, accuracy)
