@@ -21,11 +21,6 @@ from serving import batch, batch_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BITMAP_CLASSES = ["boomerang", "clock", "cloud", "smiley face", "train", "tree"]
-TRAIN_ROWS = 400  # per class from quickdraw_bitmap; rows after it are never trained on
-
-
-def _bitmap_rows(bitmap_dir, name, start, stop):
-    return np.load(bitmap_dir / f"{name}.npy", mmap_mode="r")[start:stop].reshape(-1, 28, 28)
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +32,10 @@ def bitmap_dir():
 
 
 @pytest.fixture(scope="module")
-def classifier_export(tmp_path_factory, bitmap_dir):
-    """A small CNN trained on 2,400 real numpy_bitmap drawings of 6 classes, exported."""
-    import keras
-
-    from serving.export import export_model
-
-    keras.utils.set_random_seed(0)
-    x = np.concatenate([_bitmap_rows(bitmap_dir, c, 0, TRAIN_ROWS) for c in BITMAP_CLASSES])[..., None] / 255.0
-    y = np.repeat(np.arange(len(BITMAP_CLASSES)), TRAIN_ROWS)
-    inputs = keras.Input((28, 28, 1))
-    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
-    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(32, activation="relu", name="features")(h)
-    model = keras.Model(inputs, keras.layers.Dense(len(BITMAP_CLASSES), name="logits")(h))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=64, epochs=4, shuffle=True, verbose=0)
-    out = tmp_path_factory.mktemp("batch_export") / "export"
-    export_model(model, out, class_names=BITMAP_CLASSES, image_size=28, channels=1, polarity="white_on_black",
-                 raster={"image_size": 28, "line_width": 16.0, "padding": 16.0, "frame": 256,
-                         "time_channels": False, "normalize": "auto"})
-    return out
+def classifier_export(trained_bitmap_export):
+    """The shared classifier trained on real numpy_bitmap drawings (tests/conftest.py)."""
+    assert trained_bitmap_export.class_names == BITMAP_CLASSES
+    return trained_bitmap_export.export_dir
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +158,7 @@ def test_mixed_job_counts_every_record_and_matches_direct_calls(mixed_inputs, cl
     from retrieval.features import load_features
 
     features = load_features(out / "embeddings.npz")
-    assert features.features.shape == (len(rows), 32)
+    assert features.features.shape == (len(rows), 64)
     assert list(features.ids) == [r["id"] for r in rows]
     assert [features.class_names[i] for i in features.labels] == [r["label"] for r in rows]
     clock = [i for i, r in enumerate(rows) if r["source"] == "ndjson/clock.ndjson"][:3]
@@ -377,7 +354,7 @@ def test_handler_scores_the_rest_of_a_batch_around_an_undecodable_item(classifie
         pngs.append(buffer.getvalue())
     broken = pngs[2][:40] + b"\x00" * 64 + pngs[2][104:]  # a valid header, then corrupt image data
     job = Job(str(classifier_export), "", "classify", "auto", 4, ReadSettings(28, 1, {}), tuple(BITMAP_CLASSES),
-              "classifier", 32, "", 0.0)
+              "classifier", 64, "", 0.0)
     handler = batch._model_handler_class()(job)
     results = handler.run_inference([("encoded", p) for p in pngs[:2] + [broken] + pngs[3:]], model)
     assert results[2].inference["skip"][0] == "undecodable_image"
