@@ -35,9 +35,11 @@ def check_pixels(images, channels: int) -> tuple[np.ndarray, str]:
     if images.dtype == np.uint8:
         return images, "images"
     if images.dtype in (np.float32, np.float64, np.float16):
-        if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+        if images.size and not np.isfinite(images).all():
+            raise ServingInputError(f"float images must lie in [0, 1] ({expected}); received NaN or infinite values.")
+        if images.size and not (images.min() >= 0 and images.max() <= 1):
             raise ServingInputError(f"float images must lie in [0, 1] ({expected}); received values from "
-                                    f"{np.nanmin(images):g} to {np.nanmax(images):g}.")
+                                    f"{images.min():g} to {images.max():g}.")
         return images.astype(np.float32), "images_float"
     raise ServingInputError(f"images must be {expected}; received dtype {images.dtype} "
                             "(scale 16-bit or integer pixels to uint8, or to floats in [0, 1]).")
@@ -76,6 +78,8 @@ class ExportedModel:
 
         if polarity not in preprocess.POLICIES:
             raise ServingInputError(f"polarity must be one of {', '.join(preprocess.POLICIES)}; received {polarity!r}.")
+        if source not in INPUTS:  # checked first: the pixel branch below would take any name for 'images'
+            raise ServingInputError(f"Invalid input kind {source!r}; expected one of {INPUTS}.")
         if source == "encoded":
             data = tf.constant(list(batch), tf.string, shape=[len(batch)])
         else:

@@ -141,3 +141,42 @@ def trained_bitmap_export(tmp_path_factory) -> TrainedExport:
     images, labels = bitmap_rows(held_out=True)
     accuracy = float(np.mean(model.predict(images / 255.0, verbose=0).argmax(1) == labels))
     return TrainedExport(folder, model, list(BITMAP_CLASSES), 28, 1, accuracy)
+
+
+@dataclasses.dataclass(frozen=True)
+class HashExport:
+    """An untrained hash model and its export (see `photo_hash_export`)."""
+
+    export_dir: pathlib.Path
+    model: Any  # keras.Model: 64 x 64 x 3 in, 48 values out
+    image_size: int
+    channels: int
+
+
+def tiny_embedding_network(size: int, channels: int, dims: int, seed: int):
+    """A seeded, untrained conv net from [size, size, channels] to `dims` values."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(dims, name="embedding")(x))
+
+
+@pytest.fixture(scope="session")
+def photo_hash_export(tmp_path_factory) -> HashExport:
+    """A 48-bit hash model (kind 'hash', untrained, seeded) on 64 px colour images, polarity
+    'as_is' (photos), exported once per test run and shared by xdist workers: for tests of the
+    embedding-only endpoints and of colour input."""
+    import keras
+
+    from serving.export import KERAS_FILE, export_model
+
+    def build(folder):
+        export_model(tiny_embedding_network(64, 3, 48, seed=3), folder, class_names=None, image_size=64, channels=3,
+                     kind="hash", polarity="as_is")
+
+    folder = built_once(tmp_path_factory, "photo_hash_export", build)
+    return HashExport(folder, keras.models.load_model(folder / KERAS_FILE), 64, 3)

@@ -25,6 +25,7 @@ from PIL import Image
 from data_prep.image_folder import load_image, resize_square
 from data_prep.pipeline import load_split
 from data_prep.raster import rasterize
+from tests.conftest import tiny_embedding_network
 from serving.export import SAVED_MODEL, ExportError, build_servable, export_model, read_meta, write_meta
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,15 +55,6 @@ def rendered(quickdraw_dir, categories, per_class, size=28) -> np.ndarray:
         ..., None]
 
 
-def tiny_embedding_network(size: int, channels: int, dims: int, seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((size, size, channels))
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(dims, name="embedding")(x))
-
-
 @pytest.fixture(scope="module")
 def classifier(trained_bitmap_export):
     return trained_bitmap_export, tf.saved_model.load(str(trained_bitmap_export.export_dir / SAVED_MODEL))
@@ -75,12 +67,9 @@ def real_pixels(quickdraw_dir, trained_bitmap_export):
 
 
 @pytest.fixture(scope="module")
-def hash_model(tmp_path_factory):
-    """A 48-bit hash model on 64 px colour images as they are (photos), exported."""
-    model = tiny_embedding_network(64, 3, 48, seed=3)
-    out = tmp_path_factory.mktemp("hash") / "export"
-    meta = export_model(model, out, class_names=None, image_size=64, channels=3, kind="hash", polarity="as_is")
-    return model, meta, tf.saved_model.load(str(out / SAVED_MODEL))
+def hash_model(photo_hash_export):
+    meta = read_meta(photo_hash_export.export_dir)
+    return photo_hash_export.model, meta, tf.saved_model.load(str(photo_hash_export.export_dir / SAVED_MODEL))
 
 
 @pytest.fixture(scope="module")
