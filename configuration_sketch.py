@@ -300,6 +300,10 @@ class TrainConfig:
                                 "(tf.config.experimental.enable_op_determinism: the input pipeline keeps its "
                                 "order, random augmentation runs serially; slower).")
     verbose: int = field(1, "fit output: 0 silent, 1 progress bar, 2 one line per epoch.")
+    tflite: str = field("none", "export: also write a TensorFlow Lite model of the classify_images (classifiers) "
+                        "or embed_images endpoint at the model's size, polarity auto: float32 (model.tflite) or "
+                        "int8 (dynamic-range quantized weights, model_int8.tflite); described under 'tflite' in "
+                        "model_meta.json. -tflite alone means float32.", choices=("none", "float32", "int8"))
 
 
 @dataclasses.dataclass(frozen=True)

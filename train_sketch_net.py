@@ -4,11 +4,14 @@
         [-preset original|default|demo|smoke] [-epochs 10] [-batch_size 256] [-learning_rate 1e-3]
         [-optimizer adamw] [-augment] [-mixed_precision] [-strategy auto] [-cpu_devices 2]
     python train_sketch_net.py -mode evaluate|test|export -model_dir runs/sknet [-ckpt last|best|PATH]
+    python train_sketch_net.py -mode export -model_dir runs/sknet -tflite [float32|int8]
 
 train resumes from <model_dir>/checkpoints when it finds a checkpoint (Ctrl-C saves one; so does
 every epoch, and every -steps_per_checkpoint steps). evaluate writes evaluate.json and the confusion
 matrix; test writes features_test.npz and similarity.json (retrieval mAP of the `features` layer);
-export writes <model_dir>/export (SavedModel with serving endpoints, model.keras, model_meta.json).
+export writes <model_dir>/export (SavedModel with serving endpoints, model.keras, model_meta.json),
+and with -tflite a TensorFlow Lite model beside them (model.tflite, or model_int8.tflite for -tflite int8;
+-tflite alone means float32).
 
 Flags are the fields of configuration_sketch's TrainConfig, ModelConfig, PipelineConfig and
 AugmentConfig (and those of any training task's configs). Override order: the dataclass defaults,
@@ -28,9 +31,9 @@ from absl import app, flags, logging  # noqa: E402
 import configuration_sketch as cs  # noqa: E402
 from data_prep.tfrecords import DatasetInfoError  # noqa: E402
 from retrieval.features import FeatureFileError  # noqa: E402
+from serving.export import ExportError  # noqa: E402
 from training import trainer  # noqa: E402
 from training.checkpoints import CheckpointError  # noqa: E402
-from training.export import ExportError  # noqa: E402
 from training.presets import PresetError  # noqa: E402
 from training.strategy import StrategyError  # noqa: E402
 
@@ -38,6 +41,8 @@ FLAGS = flags.FLAGS
 # Errors whose message is the whole story: printed without a traceback.
 USER_ERRORS = (trainer.ToolError, StrategyError, PresetError, CheckpointError, DatasetInfoError, ExportError,
                FeatureFileError)
+# Enum flags that may also be given bare (`-tflite`), with the value a bare flag means.
+BARE_FLAGS = {"tflite": "float32"}
 
 
 def define_flags() -> None:
@@ -46,6 +51,19 @@ def define_flags() -> None:
         cs.define_flags(cls)
         for field_name in cls.__dataclass_fields__:
             flags.declare_key_flag(field_name)
+
+
+def expand_bare_flags(argv: Sequence[str], choices: dict[str, Sequence[str]]) -> list[str]:
+    """argv with each bare BARE_FLAGS flag (`-tflite` not followed by one of its values) given its
+    bare value (`-tflite=float32`): absl's enum flags always take a value."""
+    out = []
+    for i, arg in enumerate(argv):
+        name = arg.lstrip("-")
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if i and arg.startswith("-") and name in BARE_FLAGS and following not in choices[name]:
+            arg = f"-{name}={BARE_FLAGS[name]}"
+        out.append(arg)
+    return out
 
 
 def command_line_values() -> dict:
@@ -67,7 +85,9 @@ def summarize(mode: str, result: dict) -> str:
                 f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f}")
     if mode == "test":
         return f"test: leave-one-out L2 mAP {result['map']:.4f} over {result['num_queries']} test images"
-    return f"export: {result['export_dir']}"
+    lite = result.get("tflite")
+    return (f"export: {result['export_dir']} (trained on {result['polarity']} images"
+            + (f"; TensorFlow Lite: {lite['file']}, {lite['quantization']})" if lite else ")"))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -91,4 +111,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, argv=expand_bare_flags(sys.argv, {name: FLAGS[name].parser.enum_values for name in BARE_FLAGS}))

@@ -3,7 +3,8 @@ under MirroredStrategy over 2 logical CPUs (a subprocess of the tool), then -mod
 the export reloads in a fresh process with the embeddings of -mode test; bad input fails before training.
 
 Run as a script (`python tests/test_train_metric.py EXPORT_DIR DATA_DIR SPLIT DOMAIN`) it is the fresh
-process of the reload check: it prints the SavedModel's `embed_images` of the split's images as JSON.
+process of the reload check: it prints the export's `embed_images` embeddings of the split's images as JSON
+(serving.model, polarity auto).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ if __name__ == "__main__":  # reload worker: only TensorFlow and the data pipeli
     import tensorflow as tf
 
     from data_prep import metric_pipelines
+    from serving import model
 
     export_dir, data_dir, split, domain = sys.argv[1:5]
-    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    exported = model.load(export_dir)
     rows = []
     for images, _ in metric_pipelines.domain_dataset(data_dir, split, None if domain == "all" else domain, 64):
-        pixels = tf.cast(tf.round(images * 255.0), tf.uint8)  # the stored uint8 images, exactly
-        rows.append(loaded.embed_images(pixels).numpy())
+        pixels = tf.cast(tf.round(images * 255.0), tf.uint8).numpy()  # the stored uint8 images, exactly
+        rows.append(exported.embed("images", pixels))
     print(json.dumps(np.concatenate(rows).tolist()))
     sys.exit(0)
 
@@ -142,6 +144,9 @@ def test_triplet_on_quickdraw_trains_tests_and_exports(quickdraw_28px, tmp_path)
 
     meta = run_api(mode="export", model_dir=str(model_dir))
     assert meta["kind"] == "embedding" and meta["embedding_dim"] == 32 and meta["channels"] == 1
+    assert meta["polarity"] == "white_on_black"  # Quick, Draw! training images
+    assert meta["outputs_are_logits"] is None  # not a classifier: there are no logits
+    assert json.loads((model_dir / "export" / "model_meta.json").read_text())["outputs_are_logits"] is None
     reloaded = reload_embeddings(model_dir / "export", quickdraw_28px, "test", "all")
     np.testing.assert_allclose(reloaded, queries["features"], atol=1e-5)
 
@@ -162,6 +167,9 @@ def test_unshared_siamese_on_sketchy_embeds_sketches_and_photos_with_their_branc
 
     meta = run_api(mode="export", model_dir=str(model_dir))
     assert meta["kind"] == "embedding" and meta["photo_export_dir"].endswith("photo_branch")
+    assert meta["polarity"] == "as_is" and meta["outputs_are_logits"] is None  # sketches with photos
+    photo_meta = json.loads((model_dir / "export" / "photo_branch" / "model_meta.json").read_text())
+    assert photo_meta["polarity"] == "as_is" and photo_meta["outputs_are_logits"] is None
     sketch_side = reload_embeddings(model_dir / "export", sketchy_32px, "test", "sketch")
     photo_side = reload_embeddings(model_dir / "export" / "photo_branch", sketchy_32px, "test", "photo")
     np.testing.assert_allclose(sketch_side, queries["features"], atol=1e-5)
@@ -196,7 +204,8 @@ def test_deephash_on_sketchy_reports_hamming_and_float_retrieval(sketchy_32px, t
     assert 1 <= codes["distinct_codes"] <= codes["items"] and 0 <= codes["bit_balance"]["min_ones"] <= 1
 
     meta = run_api(mode="export", model_dir=str(model_dir))
-    assert meta["kind"] == "hash" and meta["embedding_dim"] == 16
+    assert meta["kind"] == "hash" and meta["embedding_dim"] == 16 and meta["bits"] == 16
+    assert meta["polarity"] == "as_is" and meta["outputs_are_logits"] is None
     reloaded = reload_embeddings(model_dir / "export", sketchy_32px, "test", "sketch")
     np.testing.assert_allclose(reloaded, queries["outputs"], atol=1e-5)
     np.testing.assert_array_equal(np.packbits(reloaded > 0, axis=1), queries["features"])

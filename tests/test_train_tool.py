@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 
 import models
+import train_sketch_net
 from configuration_sketch import TrainConfig
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
+from serving import model as serving_model
+from serving import tflite
 from training import callbacks as cb
 from training import evaluation, trainer
 
@@ -128,17 +131,21 @@ def test_export_reloads_in_a_fresh_process(trained, quickdraw_28px, tmp_path):
     export_dir = pathlib.Path(result["export_dir"])
     meta = json.loads((export_dir / "model_meta.json").read_text())
     assert meta["kind"] == "classifier" and meta["image_size"] == 28 and len(meta["class_names"]) == 8
+    assert meta["polarity"] == "white_on_black"  # measured on the run's Quick, Draw! training images
+    assert meta["outputs_are_logits"] is True  # skNet ends in a linear layer; the endpoint applies softmax
+    assert "tflite" not in meta and not list(export_dir.rglob("*.tflite"))
     images, _ = split_images(quickdraw_28px)
     uint8 = np.round(images * 255).astype(np.uint8)
     np.save(tmp_path / "images.npy", uint8)
     script = textwrap.dedent(f"""
-        import numpy as np, tensorflow as tf
-        loaded = tf.saved_model.load({str(export_dir / "saved_model")!r})
-        images = tf.constant(np.load({str(tmp_path / "images.npy")!r}))
-        out = loaded.classify_images(images)
-        np.save({str(tmp_path / "probabilities.npy")!r}, out["probabilities"].numpy())
-        np.save({str(tmp_path / "top.npy")!r}, out["top_classes"].numpy()[:, 0].astype(str))
-        np.save({str(tmp_path / "embedding.npy")!r}, loaded.embed_images(images).numpy())
+        import numpy as np
+        from serving import model
+        exported = model.load({str(export_dir)!r})
+        images = np.load({str(tmp_path / "images.npy")!r})
+        out = exported.run("images", images)
+        np.save({str(tmp_path / "probabilities.npy")!r}, out["probabilities"])
+        np.save({str(tmp_path / "top.npy")!r}, np.array([c.decode() for c in out["top_classes"][:, 0]]))
+        np.save({str(tmp_path / "embedding.npy")!r}, exported.embed("images", images))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -153,6 +160,46 @@ def test_export_reloads_in_a_fresh_process(trained, quickdraw_28px, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "embedding.npy"), features, rtol=1e-4, atol=1e-4)
     reloaded = keras.models.load_model(export_dir / "model.keras", compile=False)
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_export_with_tflite_through_the_tool(trained, quickdraw_28px):
+    """`-mode export -tflite` (bare: float32) writes model.tflite, described in model_meta.json, that gives
+    the SavedModel's probabilities on the test drawings; -tflite int8 replaces it with model_int8.tflite."""
+    done = run_tool("-mode", "export", "-model_dir", str(trained), "-tflite")
+    assert done.returncode == 0, done.stderr[-3000:]
+    export_dir = trained / "export"
+    assert done.stdout.strip().splitlines()[-1] == (f"export: {export_dir} (trained on white_on_black images; "
+                                                    "TensorFlow Lite: model.tflite, float32)")
+    meta = json.loads((export_dir / "model_meta.json").read_text())
+    described = meta["tflite"]
+    assert (described["file"], described["quantization"], described["signature"]) == \
+        ("model.tflite", "float32", "serving_default")
+    assert (export_dir / "model.tflite").stat().st_size == described["bytes"]
+    assert set(described["outputs"]) == {"probabilities", "top_classes", "top_probabilities", "embedding"}
+    images, _ = split_images(quickdraw_28px)
+    uint8 = np.round(images * 255).astype(np.uint8)
+    saved = serving_model.load(export_dir).run("images", uint8)["probabilities"]
+    float32 = tflite.run_tflite(export_dir / "model.tflite", uint8)["probabilities"]
+    assert np.abs(float32 - saved).max() < 1e-4
+
+    meta = run_api(mode="export", model_dir=str(trained), tflite="int8")
+    assert meta["tflite"]["file"] == "model_int8.tflite" and meta["tflite"]["quantization"] == "int8"
+    assert not (export_dir / "model.tflite").exists()  # no file of the earlier export is left behind
+    int8 = tflite.run_tflite(export_dir / "model_int8.tflite", uint8)["probabilities"]
+    assert np.mean(int8.argmax(axis=1) == saved.argmax(axis=1)) >= 0.9
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["tool", "-tflite"], ["tool", "-tflite=float32"]),
+    (["tool", "-tflite", "-model_dir", "runs/a"], ["tool", "-tflite=float32", "-model_dir", "runs/a"]),
+    (["tool", "--tflite", "int8", "-mode", "export"], ["tool", "--tflite", "int8", "-mode", "export"]),
+    (["tool", "-tflite", "none"], ["tool", "-tflite", "none"]),
+    (["tool", "-tflite=int8"], ["tool", "-tflite=int8"]),
+    (["tool", "-mode", "export"], ["tool", "-mode", "export"]),
+])
+def test_a_bare_tflite_flag_means_float32(argv, expected):
+    assert train_sketch_net.expand_bare_flags(argv, {"tflite": ("none", "float32", "int8")}) == expected
 
 
 @pytest.mark.slow
@@ -228,7 +275,7 @@ def test_help_explains_the_flags():
     done = run_tool("-help")  # absl prints the help and exits with status 1
     for flag in ("mode", "model", "data_path", "model_dir", "epochs", "batch_size", "learning_rate", "optimizer",
                  "weight_decay", "augment", "mixed_precision", "jit_compile", "strategy", "ckpt", "seed", "preset",
-                 "cpu_devices", "steps_per_checkpoint", "bn_recalibration", "bn_momentum", "aug_rotation"):
+                 "cpu_devices", "steps_per_checkpoint", "bn_recalibration", "bn_momentum", "aug_rotation", "tflite"):
         assert re.search(rf"^  --(\[no\])?{flag}: \S", done.stdout, re.MULTILINE), flag
     assert "Override order" in done.stdout
 
@@ -249,7 +296,7 @@ def test_bad_input_at_the_command_line_is_a_clear_error(case, quickdraw_28px, tm
 
 
 @pytest.mark.parametrize("case", ["empty", "no_train_split", "channels", "no_run", "shaping", "epochs", "warmup",
-                                  "warmup_negative"])
+                                  "warmup_negative", "tflite"])
 def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp_path):
     """The same checks as above, in process (each message is what the CLI prints)."""
     empty_train = tmp_path / "empty_train"
@@ -270,6 +317,9 @@ def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp
                    "-warmup_steps 10 leaves no step of the run's 10 (2 epochs x 5 steps)"),
         "warmup_negative": ({"data_path": str(quickdraw_28px), "warmup_steps": -2},
                             "Invalid value for -warmup_steps: -2. Expected an integer >= 0, or -1"),
+        "tflite": ({"data_path": str(quickdraw_28px), "tflite": "int8"},
+                   "-tflite int8 applies to -mode export (a TensorFlow Lite file beside the SavedModel), not to "
+                   "-mode train."),
     }[case]
     values = {"mode": "train", "model_dir": str(tmp_path / "run"), **values}
     with pytest.raises(trainer.ToolError, match=re.escape(expected)) as error:

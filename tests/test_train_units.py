@@ -299,6 +299,20 @@ def test_task_registry():
         tasks.register_task(type("Again", (tasks.Task,), {"name": "classification", "models": ("x",)})())
 
 
+def test_first_images_takes_both_sides_of_pairs_in_order_up_to_the_limit():
+    import tensorflow as tf
+
+    a = np.arange(10 * 4, dtype=np.float32).reshape(10, 2, 2, 1)
+    b = a + 1000
+    pairs = tf.data.Dataset.from_tensor_slices(((a, b), np.zeros(10))).batch(3)
+    expected = []
+    for start in range(0, 10, 3):  # batch by batch: its first images, then their partners
+        expected.extend(list(a[start:start + 3]) + list(b[start:start + 3]))
+    np.testing.assert_array_equal(tasks.first_images(pairs, 7), np.stack(expected[:7]))
+    singles = tf.data.Dataset.from_tensor_slices((a, np.zeros(10))).batch(4)
+    np.testing.assert_array_equal(tasks.first_images(singles, 100), a)  # fewer than the limit: all of them
+
+
 def test_optimizers_of_the_recipes():
     adamw = trainer.make_optimizer(TrainConfig(), total_steps=100)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.05)

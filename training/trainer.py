@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
 from data_prep import tfrecords
+from serving import tflite
 from training import callbacks as cb
 from training import presets, tasks
 from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built
@@ -201,6 +202,9 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     if train.warmup_steps < -1:
         raise ToolError(f"Invalid value for -warmup_steps: {train.warmup_steps}. Expected an integer >= 0, "
                         "or -1 for a tenth of the run's steps.")
+    if train.tflite != "none" and train.mode != "export":
+        raise ToolError(f"-tflite {train.tflite} applies to -mode export (a TensorFlow Lite file beside the "
+                        f"SavedModel), not to -mode {train.mode}.")
     if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
         raise ToolError(f"Invalid value for -learning_rate: {train.learning_rate}. Expected a finite number > 0.")
     run = tasks.Run(configs=configs, info=info, model_dir=model_dir)
@@ -491,10 +495,23 @@ def test(run: tasks.Run, task: tasks.Task) -> dict:
 
 
 def export(run: tasks.Run, task: tasks.Task) -> dict:
-    """-mode export: SavedModel, .keras file and model_meta.json in <model_dir>/export."""
+    """-mode export: SavedModel, .keras file and model_meta.json in <model_dir>/export (and the
+    TensorFlow Lite file of -tflite)."""
     model, source = load_weights_for(run, task)
-    meta = task.export(run, model, run.model_dir / EXPORT_DIR)
-    return {**meta, "checkpoint": source, "export_dir": str(run.model_dir / EXPORT_DIR)}
+    export_dir = run.model_dir / EXPORT_DIR
+    remove_tflite_files(export_dir)
+    meta = task.export(run, model, export_dir)
+    return {**meta, "checkpoint": source, "export_dir": str(export_dir)}
+
+
+def remove_tflite_files(export_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the TensorFlow Lite files of an earlier export in `export_dir` (photo branch included):
+    a re-export without -tflite, or with the other quantization, must not leave a .tflite of older
+    weights beside the new SavedModel. Returns the files removed."""
+    stale = [path for name in sorted(set(tflite.FILES.values())) for path in export_dir.rglob(name)]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 MODES = {"evaluate": evaluate, "test": test, "export": export}

@@ -17,7 +17,8 @@ trains model `name` and calls its methods. A Task provides
     monitor          the log key and direction that picks the best model
     evaluate         -mode evaluate: metrics dict for evaluate.json (and its figures)
     test             -mode test: features file and the retrieval metrics dict for similarity.json
-    export           -mode export: the serving SavedModel and .keras file
+    export           -mode export: the serving SavedModel and .keras file (serving.export), with the
+                     polarity `training_polarity` measures on the run's training images
 
 Adding a family (issue 5: siamese, triplet, deephash) is one new module with a Task subclass
 registered here with `register_task`; the tool and the trainer do not change.
@@ -31,9 +32,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+from serving import export
+
+# Training images whose borders decide the polarity recorded at export (serving.export.training_polarity).
+POLARITY_IMAGES = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,11 @@ class Run:
     @property
     def data_path(self) -> str:
         return self.train.data_path
+
+    @property
+    def tflite(self) -> str | None:
+        """-tflite as serving.export.export_model takes it: None, 'float32' or 'int8'."""
+        return None if self.train.tflite == "none" else self.train.tflite
 
     def num_examples(self, split: str) -> int:
         return int(self.info["splits"].get(split, {}).get("num_examples", 0))
@@ -126,6 +137,34 @@ class Task:
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         raise NotImplementedError
+
+
+def first_images(dataset: tf.data.Dataset, limit: int) -> np.ndarray:
+    """Up to `limit` images, in order, from batches (images, labels) or ((images_a, images_b), labels)
+    (the pairs of siamese training: both sides count)."""
+    taken: list[np.ndarray] = []
+    count = 0
+    for inputs, _ in dataset:
+        for part in inputs if isinstance(inputs, (tuple, list)) else (inputs,):
+            taken.append(part.numpy()[:limit - count])
+            count += len(taken[-1])
+        if count >= limit:
+            break
+    return np.concatenate(taken) if taken else np.zeros((0, 1, 1, 1), np.float32)
+
+
+def training_polarity(task: Task, run: Run, limit: int = POLARITY_IMAGES) -> str:
+    """What the run's model was trained on (serving.preprocess.TRAINED_POLARITIES), from up to `limit`
+    images of its train split as training feeds them, without augmentation (the task's calibration
+    stream): white_on_black for Quick, Draw!, as_is for sketches with photos (Sketchy). ExportError
+    (one line) when the split gives none."""
+    available = run.num_examples(task.train_split)
+    dataset = task.calibration_dataset(run, seed=run.train.seed)
+    if available == 0 or dataset is None:
+        raise export.ExportError(f"Cannot tell which polarity the model was trained on: the {task.train_split!r} "
+                                 f"split of the data set at {run.data_path!r} gives no training images; export "
+                                 "needs the run's data set (-data_path).")
+    return export.training_polarity(first_images(dataset, min(limit, available)))
 
 
 _TASKS: dict[str, Task] = {}

@@ -8,7 +8,8 @@
   data set (Sketchy) also `sketch_to_photo`: sketch queries against the photo gallery, the metric
   task's protocol, so classifier features are the baseline the embedding models are judged by;
   there features_test.npz holds the test sketches, then the test photos, from that one pass.
-- export: training.export.export_model, kind 'classifier' (classify and embed endpoints).
+- export: serving.export.export_model, kind 'classifier' (classify and embed endpoints), with the
+  polarity of the training images (white_on_black on Quick, Draw!) and -tflite's TensorFlow Lite file.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import models
 from data_prep import tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
-from training import evaluation, export, plots
+from serving import export
+from training import evaluation, plots
 from training.augment import build_augmenter
-from training.tasks import Run, Task, metric
+from training.tasks import Run, Task, metric, training_polarity
 
 FEATURES_LAYER = "features"
 RETRIEVAL_K = (1, 10, 100)
@@ -129,4 +131,6 @@ class ClassificationTask(Task):
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         return export.export_model(model, export_dir, class_names=run.class_names,
                                    image_size=run.model.image_size, channels=run.model.channels,
-                                   kind="classifier", raster=run.info.get("raster"), features_layer=FEATURES_LAYER)
+                                   kind="classifier", polarity=training_polarity(self, run),
+                                   raster=run.info.get("raster"), features_layer=FEATURES_LAYER,
+                                   tflite=run.tflite)

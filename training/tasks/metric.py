@@ -21,8 +21,9 @@ domains) is sketch-to-photo retrieval, the test split's sketches as queries agai
 - evaluate: the training loss over one pass of the test split, the retrieval summary, kNN
   accuracy, code statistics for deephash, and a PCA figure of the test embeddings (t-SNE
   takes a minute on two cores).
-- export: training.export with kind 'embedding' (siamese, triplet) or 'hash' (deephash), from the
-  sketch branch; an unshared siamese also exports its photo branch to export/photo_branch.
+- export: serving.export with kind 'embedding' (siamese, triplet) or 'hash' (deephash), from the
+  sketch branch, with the polarity of the training images (white_on_black on Quick, Draw!, as_is on
+  Sketchy) and -tflite's file; an unshared siamese also exports its photo branch to export/photo_branch.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from models.registry import check_dimensions, check_fraction
 from retrieval import metrics as retrieval_metrics
 from retrieval.index import build_index
 from retrieval.ranking import Ranker
-from training import export, strategy
+from serving import export
+from training import strategy
 from training.augment import build_augmenter
-from training.tasks import Run, Task
+from training.tasks import Run, Task, training_polarity
 
 FEATURES_FILE = "features_{split}.npz"
 GALLERY_FILE = "features_{split}_gallery.npz"
@@ -491,7 +493,8 @@ class MetricLearningTask(Task):
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         kind = "hash" if self._codes(run) else "embedding"
         common = dict(class_names=run.class_names, image_size=run.model.image_size, channels=run.model.channels,
-                      kind=kind, raster=run.info.get("raster"))
+                      kind=kind, polarity=training_polarity(self, run), raster=run.info.get("raster"),
+                      tflite=run.tflite)
         sketch = embedding.branch(model, "sketch")
         meta = export.export_model(sketch, export_dir, **common)
         photo = embedding.branch(model, "photo")
