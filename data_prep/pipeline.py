@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import tensorflow as tf
 
 from data_prep import tfrecords
-from serving.preprocess import model_input
+from serving.preprocess import JPEG_MAGIC, model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -25,8 +25,15 @@ def decode_images(raw: tf.Tensor, spec: tfrecords.FeatureSpec) -> tf.Tensor:
     if spec.encoding == "raw":
         images = tf.io.decode_raw(raw, tf.uint8)
         return tf.reshape(images, [-1, height, width, channels])
-    decode = lambda b: tf.ensure_shape(  # noqa: E731 - a one-line map function
-        tf.io.decode_image(b, channels=channels, expand_animations=False), [height, width, channels])
+
+    def decode(data):
+        # JPEG with the accurate integer DCT, as PIL, OpenCV and the serving endpoints decode it (TF's
+        # default fast DCT differs by up to 5 grey levels: train/serve skew on stored photos).
+        is_jpeg = tf.equal(tf.strings.substr(data, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
+        image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=channels, dct_method="INTEGER_ACCURATE"),
+                        lambda: tf.io.decode_image(data, channels=channels, expand_animations=False))
+        return tf.ensure_shape(image, [height, width, channels])
+
     return tf.map_fn(decode, raw, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
 
 
