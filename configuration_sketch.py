@@ -145,6 +145,25 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """`python -m serving.batch`: score files or a data set with an exported model on Apache Beam."""
+
+    model: str = field("", "Exported model folder (train_sketch_net.py -mode export).")
+    input: str = field("", "Comma-separated files, folders or globs: a data set folder, .ndjson[.gz], .npy, "
+                           ".npz, image files or folders (class sub-folders give labels).")
+    split: str = field("all", "Split of a data set input ('all' reads every split).")
+    out: str = field("", "Output folder: predictions.jsonl, embeddings.npz, report.json, confusion matrix.")
+    head: str = field("auto", "classify (classifiers only) or embed; auto picks classify for classifiers.",
+                      choices=("auto", "classify", "embed"))
+    polarity: str = field("auto", "auto inverts images whose polarity differs from the model's training data; "
+                                  "as_is; invert.", choices=("auto", "as_is", "invert"))
+    batch_size: int = field(64, "Items per model call (every call gets this many: short batches are padded).")
+    strict: bool = field(False, "Stop at the first bad record, naming file and line, instead of counting it.")
+    progress: bool = field(True, "Show a progress bar on the terminal.")
+    verbose: bool = field(False, "Show Beam's and TensorFlow's log lines.")
+
+
+@dataclasses.dataclass(frozen=True)
 class SketchyBuildConfig:
     """`python -m data_prep.sketchy build`: the Sketchy photo and sketch trees to paired TFRecords."""
 
