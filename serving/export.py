@@ -19,6 +19,9 @@ signatures of the same names (TF Serving, signature runners: polarity 'auto'):
 
 `serving_default` is classify_images for classifiers, embed_images otherwise. H and W are any
 size (resized in the graph by serving.preprocess); C must be the model's; N may be 0. T = min(5, K).
+Each endpoint is a head (classify, embed, preprocess) over an input kind (`build_servable`'s
+`inputs`): strokes (`*_strokes`, drawn by the TensorFlow rasterizer of the strokes issue) are
+one more input kind there, with no change to the heads.
 """
 
 from __future__ import annotations
