@@ -1,8 +1,9 @@
 """`make demo`: the main job end to end on the embedded synthetic data set.
 
 Steps: generate procedural doodles as real Quick, Draw! ndjson, build sharded TFRecords,
-verify them, then train, evaluate, test (retrieval mAP) and export a classifier. Everything
-goes to ./demo_out; re-running resumes (the build and the training pick up where they stopped).
+verify them, then train, evaluate, test (retrieval mAP) and export a classifier (SavedModel and
+TensorFlow Lite). Everything goes to ./demo_out; re-running resumes (the build and the training
+pick up where they stopped).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def main() -> int:
     run_tool("-mode", "evaluate", *common)
     step("6. test (retrieval on penultimate features)")
     run_tool("-mode", "test", *common)
-    step("7. export")
-    run_tool("-mode", "export", *common)
+    step("7. export (SavedModel, and a float32 TensorFlow Lite model with -tflite)")
+    run_tool("-mode", "export", "-tflite", *common)
+    meta = json.loads((model_dir / "export" / "model_meta.json").read_text())
     evaluation = json.loads((model_dir / "evaluate.json").read_text())
     similarity = json.loads((model_dir / "similarity.json").read_text())
     epochs = json.loads((model_dir / "train_history.json").read_text())["epochs"]
@@ -74,7 +76,9 @@ def main() -> int:
     print(f"trained {len(epochs)} epochs ({epochs[-1]['step']} steps) in {sum(e['seconds'] for e in epochs):.0f} s, "
           f"{epochs[-1]['images_per_second']:.0f} images/s in the last epoch")
     print(f"test top-1 accuracy {evaluation['top1_accuracy']:.3f}, top-5 {evaluation['top5_accuracy']:.3f}, "
-          f"leave-one-out L2 mAP {similarity['map']:.3f}; exported to {model_dir / 'export'}")
+          f"leave-one-out L2 mAP {similarity['map']:.3f}; exported to {model_dir / 'export'} (trained on "
+          f"{meta['polarity'].replace('_', ' ')} drawings; TFLite {meta['tflite']['file']}, largest difference from "
+          f"TensorFlow {max(meta['tflite']['check']['max_abs_difference'].values()):.1e})")
     print(f"\ndemo finished in {time.time() - started:.0f} s; outputs in {OUT}")
     return 0
 
