@@ -185,7 +185,7 @@ def expected_count(source: Source) -> int | None:
             return 1
         if source.kind == "shard":
             info = tfrecords.read_dataset_info(source.dataset)
-            return next(s["count"] for s in info["splits"][source.split]["shards"]
+            return next(s["num_examples"] for s in info["splits"][source.split]["shards"]
                         if pathlib.Path(s["file"]).name == pathlib.Path(source.path).name)
         if source.kind == "bitmap":
             array = np.load(source.path, mmap_mode="r", allow_pickle=False)

@@ -361,3 +361,14 @@ def test_handler_scores_the_rest_of_a_batch_around_an_undecodable_item(classifie
     direct = model.run("encoded", pngs[:2] + pngs[3:])
     for got, i in zip([results[j] for j in (0, 1, 3, 4)], range(4)):
         np.testing.assert_allclose(got.inference["probabilities"], direct["probabilities"][i], atol=1e-6)
+
+
+def test_expected_counts_for_the_progress_bar(quickdraw_28px, quickdraw_dir, tmp_path):
+    from data_prep import tfrecords
+    from serving.batch_inputs import discover, expected_count
+
+    info = tfrecords.read_dataset_info(quickdraw_28px)
+    sources = discover(str(quickdraw_28px), "test")
+    assert sum(expected_count(s) for s in sources) == info["splits"]["test"]["num_examples"]
+    ndjson = discover(str(quickdraw_dir / "simplified" / "cat.ndjson"))
+    assert expected_count(ndjson[0]) == len((quickdraw_dir / "simplified" / "cat.ndjson").read_bytes().splitlines())
