@@ -125,7 +125,7 @@ class EvalConfig:
     tsne_points: int = field(2000, "Items drawn (seeded) for the t-SNE and PCA scatters.")
     examples: int = field(8, "Example queries in the plot grid.")
     plot_seed: int = field(0, "Seed of the plot subsamples and example choice.")
-    model: str = field("", "Exported model folder (training/export.py) for index and lookup.")
+    model: str = field("", "Exported model folder (train_sketch_net.py -mode export) for index, lookup and features.")
     index: str = field("", "Index folder; empty: <model>/index.")
     query: str = field("", "lookup: a sketch .png, or a .ndjson whose first drawing is rasterized.")
     grid: str = field("", "lookup: PNG grid of the query and its results; empty: <query stem>_lookup.png.")
