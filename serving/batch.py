@@ -29,7 +29,7 @@ import uuid
 import numpy as np
 
 from configuration_sketch import BatchConfig
-from serving import batch_inputs, batch_report
+from serving import batch_inputs, classification_metrics
 from serving.batch_inputs import ReadSettings, Skip, Source
 from serving.features import save_features
 
@@ -344,11 +344,11 @@ def summarize(rows: list, skips: list[Skip], job: Job) -> tuple[dict, dict[str, 
             index = {n: i for i, n in enumerate(model_names)}
             top = np.array([[index[c.decode() if isinstance(c, bytes) else c] for c in out["top_classes"]]
                             for _, out in rows])[in_model]
-            metrics = batch_report.classification_report(labels[in_model], top, model_names)
+            metrics = classification_metrics.classification_report(labels[in_model], top, model_names)
             report["classification"] = metrics
             matrix = np.array(metrics["confusion_matrix"]["matrix"])
-            files["confusion_matrix.csv"] = batch_report.confusion_csv(matrix, model_names).encode()
-            files["confusion_matrix.png"] = batch_report.confusion_png(
+            files["confusion_matrix.csv"] = classification_metrics.confusion_csv(matrix, model_names).encode()
+            files["confusion_matrix.png"] = classification_metrics.confusion_png(
                 matrix, model_names, f"{metrics['evaluated']} items: top-1 {metrics['top1']:.3f}")
             report["outputs"] = sorted(files) + ["report.json"]
     return report, files

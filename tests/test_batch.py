@@ -17,7 +17,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from serving import batch, batch_report
+from serving import batch, classification_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BITMAP_CLASSES = ["boomerang", "clock", "cloud", "smiley face", "train", "tree"]
@@ -202,7 +202,7 @@ def test_confusion_pairs_and_accuracy_against_loops():
     labels = rng.integers(0, 5, 200)
     top = np.stack([rng.permutation(5) for _ in range(200)])
     names = list("abcde")
-    report = batch_report.classification_report(labels, top, names)
+    report = classification_metrics.classification_report(labels, top, names)
     counts = {}
     for t, p in zip(labels, top[:, 0]):
         if t != p:

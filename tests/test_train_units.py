@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
+from serving import classification_metrics
 from training import callbacks as cb
 from training import evaluation, plots, presets, strategy, tasks, trainer
 from training.checkpoints import CheckpointError, CheckpointStore
@@ -142,11 +143,11 @@ def test_top_k_caps_at_the_class_count_and_breaks_ties_low():
 def test_confusion_per_class_and_most_confused():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 1, 1, 1, 0, 2])
-    matrix = evaluation.confusion(labels, predicted, 4)
+    matrix = classification_metrics.confusion_matrix(labels, predicted, 4)
     assert matrix.tolist() == [[1, 2, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     names = ["a", "b", "c", "d"]
     assert evaluation.per_class_accuracy(matrix, names) == {"a": 1 / 3, "b": 0.5, "c": 1.0, "d": None}
-    confused = evaluation.most_confused(matrix, names)
+    confused = classification_metrics.most_confused(matrix, names)
     assert confused == [{"true": "a", "predicted": "b", "count": 2, "fraction": 2 / 3},
                         {"true": "b", "predicted": "a", "count": 1, "fraction": 0.5}]
 

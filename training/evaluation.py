@@ -1,6 +1,7 @@
 """Evaluation math and inference over a split: loss, top-k accuracy, confusion matrix, features.
 
-The math is in small NumPy functions (`classification_metrics`, `confusion`, `most_confused`);
+The math is in small NumPy functions (`classification_metrics`, `per_class_accuracy`; the confusion
+matrix and most-confused pairs are serving.classification_metrics');
 `run_inference` pushes a split through a model once, in inference mode, and returns every
 output asked for (logits and the `features` layer together), with labels and key ids in the
 split's fixed order.
@@ -12,7 +13,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from scipy.special import log_softmax
-from sklearn.metrics import confusion_matrix
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
@@ -42,31 +42,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, k: int = 5) -
     }
 
 
-def confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """C x C counts: row = true class, column = predicted class."""
-    return confusion_matrix(labels, predictions, labels=np.arange(num_classes))
-
-
 def per_class_accuracy(matrix: np.ndarray, class_names: list[str]) -> dict[str, float | None]:
     """Recall of each class (None for a class with no example)."""
     totals = matrix.sum(axis=1)
     return {name: (float(matrix[i, i] / totals[i]) if totals[i] else None) for i, name in enumerate(class_names)}
-
-
-def most_confused(matrix: np.ndarray, class_names: list[str], n: int = 10) -> list[dict]:
-    """The `n` largest off-diagonal cells: true class, predicted class, count, fraction of the true class."""
-    off = np.array(matrix, dtype=np.int64)
-    np.fill_diagonal(off, 0)
-    flat = np.argsort(-off, axis=None, kind="stable")[:n]
-    totals = matrix.sum(axis=1)
-    pairs = []
-    for index in flat:
-        i, j = np.unravel_index(index, off.shape)
-        if off[i, j] == 0:
-            break
-        pairs.append({"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j]),
-                      "fraction": float(off[i, j] / totals[i])})
-    return pairs
 
 
 def output_model(model: keras.Model, layer_names: tuple[str, ...]) -> keras.Model:

@@ -25,7 +25,7 @@ import models
 from data_prep import tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
-from serving import export
+from serving import classification_metrics, export
 from training import evaluation, plots
 from training.augment import build_augmenter
 from training.tasks import Run, Task, metric, training_polarity
@@ -85,14 +85,14 @@ class ClassificationTask(Task):
             raise ValueError(f"the model has {logits.shape[1]} outputs but the data set at {run.data_path!r} "
                              f"has {len(names)} classes.")
         result = evaluation.classification_metrics(logits, labels, k=5)
-        matrix = evaluation.confusion(labels, np.argmax(logits, axis=1), len(names))
+        matrix = classification_metrics.confusion_matrix(labels, np.argmax(logits, axis=1), len(names))
         png = run.model_dir / f"confusion_{split}.png"
         plots.plot_confusion(matrix, names, png, title=f"{run.model.model}, {split} split: top-1 "
                              f"{result['top1_accuracy']:.3f} on {len(labels)} images")
         np.savetxt(run.model_dir / f"confusion_{split}.csv", matrix, fmt="%d", delimiter=",",
                    header=",".join(names), comments="")
         result["per_class_accuracy"] = evaluation.per_class_accuracy(matrix, names)
-        result["most_confused"] = evaluation.most_confused(matrix, names)
+        result["most_confused"] = classification_metrics.most_confused(matrix, names)
         result["confusion_matrix_png"] = png.name
         result["confusion_matrix_csv"] = f"confusion_{split}.csv"
         return result

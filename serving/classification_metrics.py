@@ -1,5 +1,6 @@
-"""What a batch job reports: counts, and for labelled items top-1/top-5, per-class precision and
-recall, the confusion matrix and the most-confused pairs. Pure functions over plain arrays."""
+"""Classification metrics over plain arrays: top-k accuracy, per-class precision and recall, the
+confusion matrix (JSON, CSV, PNG) and the most-confused pairs; what `-mode evaluate` and the batch
+job report."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def per_class(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
 
 
 def most_confused(matrix: np.ndarray, class_names: list[str], top: int = MOST_CONFUSED) -> list[dict]:
-    """The largest off-diagonal cells: true class, predicted class, count, share of the true class."""
+    """The largest off-diagonal cells: true class, predicted class, count, fraction of the true class."""
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[:top]
@@ -40,7 +41,7 @@ def most_confused(matrix: np.ndarray, class_names: list[str], top: int = MOST_CO
         if off[i, j] == 0:
             break
         pairs.append({"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j]),
-                      "share_of_true": float(off[i, j] / matrix[i].sum())})
+                      "fraction": float(off[i, j] / matrix[i].sum())})
     return pairs
 
 
