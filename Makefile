@@ -32,6 +32,7 @@ bench: venv
 	$(PY) -m bench.sketchy
 	$(PY) -m bench.similarity
 	$(PY) -m bench.retrieval_quality
+	$(PY) -m bench.batch
 
 clean:
 	rm -rf $(VENV) demo_out
