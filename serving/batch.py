@@ -183,14 +183,17 @@ def _model_handler_class():
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
     class ExportedModelHandler(ModelHandler):
-        """Loads an export with serving.model and scores fixed-size batches of one input kind.
+        """Loads an export with serving.model and scores chunks of items (read_step: up to
+        `batch_size` consecutive items of one source and input spec per Beam element).
 
-        Every call gets exactly `batch_size` rows (a short batch is padded), so an item's outputs
-        do not depend on how the runner grouped it: byte-identical results on any worker count.
+        Beam batches chunks up to `batch_size` items (a chunk weighs its item count); the items of
+        one spec are scored in calls of exactly `batch_size` rows (the last padded), so an item's
+        outputs do not depend on how the runner grouped it: byte-identical results on any worker count.
         """
 
         def __init__(self, job: Job):
-            super().__init__(min_batch_size=job.batch_size, max_batch_size=job.batch_size)
+            super().__init__(min_batch_size=job.batch_size, max_batch_size=job.batch_size,
+                             element_size_fn=lambda keyed: len(keyed[0]))
             self.job = job
             self.progress = None
 
@@ -200,41 +203,58 @@ def _model_handler_class():
             self.progress = Progress(self.job.out) if "://" not in self.job.out else None
             return serving_model.load(self.job.model)
 
-        def _score(self, model, source: str, data: list) -> list[dict]:
-            size = self.job.batch_size
-            padded = data + [data[0]] * (size - len(data)) if len(data) < size else data
-            batch = padded if source == "encoded" else np.stack(padded)
+        def _score(self, model, source: str, data) -> dict:
+            size, n = self.job.batch_size, len(data)
+            if source == "encoded":
+                batch = list(data) + [data[0]] * (size - n)
+            else:
+                batch = data if n == size else np.concatenate([data, np.repeat(data[:1], size - n, axis=0)])
             out = model.run(source, batch, head=self.job.head, polarity=self.job.polarity)
-            return [{k: v[i] for k, v in out.items()} for i in range(len(data))]
+            return {k: v[:n] for k, v in out.items()}
 
-        def _score_group(self, model, source: str, data: list) -> list[dict]:
+        def _score_rows(self, model, source: str, data) -> tuple[dict, np.ndarray, dict]:
+            """(outputs of the rows of `data` the graph takes, scored `batch_size` at a time; those
+            rows' indices; {row: (reason, message)} of the others)."""
             import tensorflow as tf
 
-            results = []
+            outs, kept, skipped = [], [], {}
             for start in range(0, len(data), self.job.batch_size):
-                chunk = data[start:start + self.job.batch_size]
+                piece = data[start:start + self.job.batch_size]
                 try:
-                    results += self._score(model, source, chunk)
+                    outs.append(self._score(model, source, piece))
+                    kept += range(start, start + len(piece))
+                    continue
                 except tf.errors.InvalidArgumentError:
-                    for one in chunk:  # find the items the graph cannot decode; score the rest
-                        try:
-                            results += self._score(model, source, [one])
-                        except tf.errors.InvalidArgumentError as err:
-                            message = err.message.splitlines()[0] if err.message else type(err).__name__
-                            results.append({"skip": ("undecodable_image", message)})
-            return results
+                    pass
+                for i in range(len(piece)):  # find the items the graph cannot decode; score the rest
+                    try:
+                        outs.append(self._score(model, source, piece[i:i + 1]))
+                        kept.append(start + i)
+                    except tf.errors.InvalidArgumentError as err:
+                        message = err.message.splitlines()[0] if err.message else type(err).__name__
+                        skipped[start + i] = ("undecodable_image", message)
+            merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
+            return merged, np.array(kept, np.int64), skipped
 
         def run_inference(self, batch, model, inference_args=None):
             groups: dict[tuple, list[int]] = {}
             for i, (kind, data) in enumerate(batch):
-                key = ("encoded",) if kind == "encoded" else ("images", data.shape, str(data.dtype))
+                key = ("encoded",) if kind == "encoded" else ("images", data.shape[1:], str(data.dtype))
                 groups.setdefault(key, []).append(i)
             results: list = [None] * len(batch)
             for key, indices in groups.items():
-                for i, out in zip(indices, self._score_group(model, key[0], [batch[i][1] for i in indices])):
-                    results[i] = out
+                parts = [batch[i][1] for i in indices]
+                data = [x for part in parts for x in part] if key[0] == "encoded" else np.concatenate(parts)
+                out, kept, skipped = self._score_rows(model, key[0], data)
+                start = 0
+                for i, part in zip(indices, parts):
+                    stop = start + len(part)
+                    lo, hi = np.searchsorted(kept, [start, stop])
+                    results[i] = ({k: v[lo:hi] for k, v in out.items()}, (kept[lo:hi] - start).tolist(),
+                                  [(r - start, *skipped[r]) for r in range(start, stop) if r in skipped])
+                    start = stop
             if self.progress is not None:
-                self.progress.add(len(batch))
+                self.progress.add(sum(len(data) for _, data in batch))
             return [PredictionResult(example, inference) for example, inference in zip(batch, results)]
 
         def get_metrics_namespace(self) -> str:
@@ -243,26 +263,46 @@ def _model_handler_class():
     return ExportedModelHandler
 
 
-def read_step(source: Source, settings: ReadSettings):
-    """Beam FlatMap: ('item', key, (kind, data)) and ('skip', Skip) records of one source."""
+def _chunk_spec(record) -> tuple:
+    return ("encoded",) if record.kind == "encoded" else ("images", record.data.shape, str(record.data.dtype))
+
+
+def read_step(source: Source, settings: ReadSettings, chunk_size: int):
+    """Beam FlatMap: ('chunk', keys, (kind, data)) of up to `chunk_size` consecutive items of one
+    source with the same input kind and shape (data stacked: one Beam element per model call, so
+    Beam's per-element cost is paid once a chunk), and ('skip', Skip) records."""
+    keys, data, spec = [], [], None
+
+    def chunk():
+        return ("chunk", keys, (spec[0], data if spec[0] == "encoded" else np.stack(data)))
+
     for record in batch_inputs.read_source(source, settings):
         if isinstance(record, Skip):
             yield ("skip", record)
-        else:
-            yield ("item", (record.source, record.ordinal, record.id, record.label), (record.kind, record.data))
+            continue
+        if keys and (_chunk_spec(record) != spec or len(keys) == chunk_size):
+            yield chunk()
+            keys, data = [], []
+        spec = _chunk_spec(record)
+        keys.append((record.source, record.ordinal, record.id, record.label))
+        data.append(record.data)
+    if keys:
+        yield chunk()
 
 
-def row_step(scored, strict: bool = False) -> tuple:
-    """Beam Map: a scored (key, PredictionResult) to ('row', key, outputs) or ('skip', Skip)."""
-    key, result = scored
-    out = result.inference
-    if "skip" in out:
-        reason, message = out["skip"]
+def rows_step(scored, strict: bool = False):
+    """Beam FlatMap: a scored (keys, PredictionResult) chunk to ('rows', keys, outputs) and a
+    ('skip', Skip) per item the graph could not decode."""
+    keys, result = scored
+    out, kept, skips = result.inference
+    for i, reason, message in skips:
+        key = keys[i]
         example = f"{key[0]} item {key[2]}: {reason} ({message})"
         if strict:
             raise batch_inputs.StrictStop(example)
-        return ("skip", Skip(key[0], reason, 1, example))
-    return ("row", key, out)
+        yield ("skip", Skip(key[0], reason, 1, example))
+    if kept:
+        yield ("rows", [keys[i] for i in kept], out)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -356,7 +396,8 @@ def summarize(rows: list, skips: list[Skip], job: Job) -> tuple[dict, dict[str, 
 
 def write_step(records: list, job: Job) -> dict:
     """Beam Map over the one gathered list: write every output, then job.json."""
-    rows = [(r[1], r[2]) for r in records if r[0] == "row"]
+    rows = [(key, {k: v[i] for k, v in r[2].items()}) for r in records if r[0] == "rows"
+            for i, key in enumerate(r[1])]
     skips = [r[1] for r in records if r[0] == "skip"]
     report, files = summarize(rows, skips, job)
     out = job.out.rstrip("/")
@@ -377,11 +418,11 @@ def build_pipeline(pipeline, sources: list[Source], job: Job):
     records = (pipeline
                | "Sources" >> beam.Create(sources, reshuffle=False)
                | "Spread" >> beam.Reshuffle()
-               | "Read" >> beam.FlatMap(read_step, job.settings))
-    items = (records | "Items" >> beam.Filter(lambda r: r[0] == "item")
+               | "Read" >> beam.FlatMap(read_step, job.settings, job.batch_size))
+    items = (records | "Items" >> beam.Filter(lambda r: r[0] == "chunk")
              | "Key" >> beam.Map(lambda r: (r[1], r[2])))
     skips = records | "Skips" >> beam.Filter(lambda r: r[0] == "skip")
-    scored = items | "Score" >> RunInference(handler) | "Rows" >> beam.Map(row_step, job.settings.strict)
+    scored = items | "Score" >> RunInference(handler) | "Rows" >> beam.FlatMap(rows_step, job.settings.strict)
     return ((scored, skips) | "Merge" >> beam.Flatten()
             | "Gather" >> beam.combiners.ToList()
             | "Write" >> beam.Map(write_step, job))

@@ -312,12 +312,18 @@ def read_shard(source: Source, settings: ReadSettings) -> Iterator[Item | Skip]:
     stored_channels = specs["image"].shape[-1]
     ordinal = 0
     counter = _counter(settings)
+
+    def parse(serialized):
+        features = parse_batch(serialized, specs, names)
+        if stored_channels != settings.channels:  # the training pipeline's conversion, in floats
+            features["image"] = model_input(features["image"], None, settings.channels)
+        return features
+
+    # Parsed in tf.data's threads one batch ahead, so reading overlaps the model's work.
+    records = tf.data.TFRecordDataset(source.path).batch(SHARD_BATCH).map(parse).prefetch(1)
     try:
-        for serialized in tf.data.TFRecordDataset(source.path).batch(SHARD_BATCH):
-            features = parse_batch(serialized, specs, names)
+        for features in records:
             images = features["image"]
-            if stored_channels != settings.channels:  # the training pipeline's conversion, in floats
-                images = model_input(images, None, settings.channels)
             ids = features[id_name].numpy() if id_name in features else None
             for i, (image, label) in enumerate(zip(images.numpy(), features["label"].numpy())):
                 record_id = ids[i].decode() if ids is not None else f"{source.split}/{ordinal}"

@@ -329,15 +329,32 @@ def test_an_item_the_graph_cannot_decode_is_a_counted_skip_or_a_strict_stop():
 
     from serving.batch_inputs import StrictStop
 
-    key = ("images/a.png", 0, "images/a.png", "tree")
-    scored = (key, PredictionResult(("encoded", b"x"), {"skip": ("undecodable_image", "Invalid PNG data")}))
-    kind, skip = batch.row_step(scored)
+    keys = [("images/a.png", 0, "images/a.png", "tree"), ("images/b.png", 0, "images/b.png", "tree")]
+    out = {"embedding": np.zeros((1, 3))}
+    scored = (keys, PredictionResult(("encoded", [b"x", b"y"]), (out, [1], [(0, "undecodable_image", "Invalid PNG data")])))
+    (kind, skip), (rows, row_keys, row_out) = list(batch.rows_step(scored))
     assert kind == "skip" and (skip.reason, skip.count) == ("undecodable_image", 1)
     assert skip.example == "images/a.png item images/a.png: undecodable_image (Invalid PNG data)"
+    assert rows == "rows" and row_keys == keys[1:] and row_out is out
     with pytest.raises(StrictStop, match="images/a.png item images/a.png: undecodable_image"):
-        batch.row_step(scored, strict=True)
-    good = (key, PredictionResult(("encoded", b"x"), {"embedding": np.zeros(3)}))
-    assert batch.row_step(good, strict=True)[0] == "row"
+        list(batch.rows_step(scored, strict=True))
+    good = (keys[1:], PredictionResult(("encoded", [b"y"]), (out, [0], [])))
+    assert [r[0] for r in batch.rows_step(good, strict=True)] == ["rows"]
+
+
+def test_read_step_chunks_consecutive_items_of_one_spec(mixed_inputs):
+    """Chunks hold at most chunk_size items of one source and input spec, in order; skips pass through."""
+    from serving.batch_inputs import ReadSettings, discover
+
+    paths, _ = mixed_inputs
+    settings = ReadSettings(28, 1, {})
+    for source in discover(str(paths["ndjson"])):
+        records = list(batch.read_step(source, settings, 4))
+        chunks = [r for r in records if r[0] == "chunk"]
+        assert all(1 <= len(keys) <= 4 and data.shape == (len(keys), 28, 28, 1) for _, keys, (_, data) in chunks)
+        assert all(len(keys) == 4 for _, keys, _ in chunks[:-1])
+        ordinals = [key[1] for _, keys, _ in chunks for key in keys]
+        assert ordinals == sorted(ordinals) and len(set(ordinals)) == len(ordinals)
 
 
 def test_handler_scores_the_rest_of_a_batch_around_an_undecodable_item(classifier_export, model, quickdraw_dir):
@@ -356,11 +373,13 @@ def test_handler_scores_the_rest_of_a_batch_around_an_undecodable_item(classifie
     job = Job(str(classifier_export), "", "classify", "auto", 4, ReadSettings(28, 1, {}), tuple(BITMAP_CLASSES),
               "classifier", 64, "", 0.0)
     handler = batch._model_handler_class()(job)
-    results = handler.run_inference([("encoded", p) for p in pngs[:2] + [broken] + pngs[3:]], model)
-    assert results[2].inference["skip"][0] == "undecodable_image"
+    results = handler.run_inference([("encoded", pngs[:2]), ("encoded", [broken] + pngs[3:])], model)
+    (first, kept_first, skips_first), (second, kept_second, skips_second) = [r.inference for r in results]
+    assert kept_first == [0, 1] and skips_first == [] and kept_second == [1, 2]
+    assert [(i, reason) for i, reason, _ in skips_second] == [(0, "undecodable_image")]
     direct = model.run("encoded", pngs[:2] + pngs[3:])
-    for got, i in zip([results[j] for j in (0, 1, 3, 4)], range(4)):
-        np.testing.assert_allclose(got.inference["probabilities"], direct["probabilities"][i], atol=1e-6)
+    got = np.concatenate([first["probabilities"], second["probabilities"]])
+    np.testing.assert_allclose(got, direct["probabilities"], atol=1e-6)
 
 
 def test_expected_counts_for_the_progress_bar(quickdraw_28px, quickdraw_dir, tmp_path):
