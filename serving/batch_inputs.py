@@ -173,11 +173,6 @@ def discover(spec: str, split: str = "all") -> list[Source]:
     return sources
 
 
-def labels_known(sources: list[Source]) -> bool:
-    """Whether any source carries labels (data sets, class folders, Quick, Draw! files)."""
-    return any(s.kind in ("shard", "ndjson", "bitmap", "sketchrnn") or s.label for s in sources)
-
-
 def expected_count(source: Source) -> int | None:
     """Records in a source when cheap to know (for the progress bar), else None."""
     try:
