@@ -53,8 +53,22 @@ def _unit_staging_paths(staging: pathlib.Path, splits: list[str], index: int) ->
     return {split: staging / split / f"unit-{index:05d}.tfrecord" for split in splits}
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _die_with_parent(parent_pid)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when the build process dies, kill -9 included (Linux
+    prctl PR_SET_PDEATHSIG): an orphaned worker would go on staging units, holding its memory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request above
+        os._exit(1)
 
 
 def _run_unit(unit_fn: UnitFn, unit: dict, paths: dict[str, pathlib.Path]) -> dict:
@@ -72,8 +86,22 @@ def _check_state(out_dir: pathlib.Path, fp: str) -> None:
                 raise BuildError(
                     f"{str(out_dir)!r} holds a different build (fingerprint {found}, this one {fp}). "
                     "Use another --out folder or delete this one.")
-    if not state_path.is_file():
+    if not state_path.is_file() and not info_path.is_file():
+        # A folder without build state may still hold shards or staged units of some other build
+        # (one whose dataset_info.json was deleted): resuming would adopt them as this build's own.
+        strays = sorted(p.name for p in out_dir.iterdir() if ".tfrecord" in p.name or p.name == STAGING_DIR)
+        if strays:
+            raise BuildError(
+                f"{str(out_dir)!r} holds {len(strays)} shard or staging file(s) of an unknown build "
+                f"({', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}) and no {STATE_FILE}. "
+                "Use another --out folder or delete them.")
         tfrecords.write_json_atomic(state_path, {"build": {"fingerprint": fp}})
+
+
+def _remove_partial_files(out_dir: pathlib.Path) -> None:
+    """Delete the temporary files (`.<name>.tmp-<pid>`) an interrupted or failed run left behind."""
+    for partial in [*out_dir.glob(".*.tmp-*"), *(out_dir / STAGING_DIR).rglob(".*.tmp-*")]:
+        partial.unlink(missing_ok=True)
 
 
 def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, splits: list[str],
@@ -81,8 +109,6 @@ def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, spli
     """Process every unit not yet staged; returns all unit results in unit order."""
     for split in splits:
         (staging / split).mkdir(parents=True, exist_ok=True)
-    for stale in staging.rglob(".*.tmp-*"):
-        stale.unlink()
     todo = [i for i in range(len(units)) if not _unit_result_path(staging, i).is_file()]
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="units", unit="unit",
                disable=not progress, file=sys.stderr)
@@ -97,11 +123,15 @@ def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, spli
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                    initializer=_worker_init) as pool:
+                                                    initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_unit, unit_fn, units[i], _unit_staging_paths(staging, splits, i)): i
                        for i in todo}
-            for future in concurrent.futures.as_completed(futures):
-                finish(futures[future], future.result())
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    finish(futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # do not stage the other units first
+                raise
     bar.close()
     return [json.loads(_unit_result_path(staging, i).read_text()) for i in range(len(units))]
 
@@ -162,7 +192,23 @@ def run_build(out_dir: str | os.PathLike, *, units: list[dict], unit_fn: UnitFn,
     info_path = out_dir / tfrecords.INFO_FILE
     if info_path.is_file():
         return json.loads(info_path.read_text())
+    _remove_partial_files(out_dir)
+    try:
+        return _build(out_dir, fp, units=units, unit_fn=unit_fn, splits=splits, num_shards=num_shards,
+                      workers=workers, build_args=build_args, info=info, progress=progress, summarize=summarize)
+    except (OSError, tfrecords._tf().errors.OpError) as e:
+        # A full disk, a read-only folder: free the space the partial files hold and say it in one line
+        # (TensorFlow's message names the file: "<path>; No space left on device").
+        _remove_partial_files(out_dir)
+        message = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
+        raise BuildError(f"building in {str(out_dir)!r} stopped: {message}. Fix that (free disk space, ...) "
+                         "and run the same command again to resume.") from None
 
+
+def _build(out_dir: pathlib.Path, fp: str, *, units: list[dict], unit_fn: UnitFn, splits: list[str],
+           num_shards: int, workers: int, build_args: dict[str, Any], info: dict[str, Any], progress: bool,
+           summarize: Callable[[list[dict]], dict[str, Any]] | None) -> dict[str, Any]:
+    info_path = out_dir / tfrecords.INFO_FILE
     started = time.time()
     staging = out_dir / STAGING_DIR
     results = _stage_units(units, unit_fn, staging, splits, workers, progress)

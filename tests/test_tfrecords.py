@@ -136,7 +136,8 @@ def test_resume_skips_shards_already_complete(tmp_path):
     # Simulate a stop after two train shards were written: re-stage and keep those two shards.
     kept = [out / s["file"] for s in info["splits"]["train"]["shards"][:2]]
     stamps = [p.stat().st_mtime_ns for p in kept]
-    (out / tfrecords.INFO_FILE).unlink()
+    (out / tfrecords.INFO_FILE).unlink()  # an interrupted build has its state file, not the info
+    tfrecords.write_json_atomic(out / builder.STATE_FILE, {"build": {"fingerprint": info["build"]["fingerprint"]}})
     for shard in info["splits"]["train"]["shards"][2:] + info["splits"]["test"]["shards"]:
         (out / shard["file"]).unlink()
     assert build(out, calls)["splits"] == info["splits"]
