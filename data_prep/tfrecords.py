@@ -156,7 +156,11 @@ def count_records(path: str | os.PathLike) -> int:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    except OSError as e:  # a full disk: no partial file left, and the error names the file
+        tmp.unlink(missing_ok=True)
+        raise type(e)(e.errno, e.strerror, str(tmp)) from None
     os.replace(tmp, path)
 
 

@@ -3,6 +3,7 @@ failed runs removed, a full disk as one line, workers that die with the build pr
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import signal
@@ -195,3 +196,20 @@ def test_workers_die_with_a_killed_build(tmp_path, quickdraw_dir):
         for pid in children:  # do not leave survivors running after a failure
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_full_disk_on_the_state_file_names_it_and_leaves_no_partial_file(tmp_path, quickdraw_dir, monkeypatch):
+    out = tmp_path / "out"
+    real = pathlib.Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real(self, text[:10], *args, **kwargs)  # what fit before the disk filled up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(OSError) as error:
+        quickdraw_build.build(config_for(quickdraw_dir / "simplified", out), RasterConfig(image_size=28),
+                              progress=False)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(out / f".{builder.STATE_FILE}.tmp-{os.getpid()}")
+    assert partial_files(out) == []
