@@ -135,9 +135,14 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     test_fraction = quotas["test"] / max(1, quotas["train"] + quotas["test"])
     records: dict[str, list[bytes]] = {split: [] for split in quotas}
     read = over_quota = 0
+    seen_keys: set[str] = set()
     path = pathlib.Path(unit["path"])
     for drawing in quickdraw.read_drawings(path, unit["format"], skips, unit["recognized_only"]):
         read += 1
+        if drawing.key_id in seen_keys:  # two records with one key_id: verify would refuse the data set
+            skips.skip("duplicate_key", f"{path}:{drawing.key_id}", "key_id already read from this file")
+            continue
+        seen_keys.add(drawing.key_id)
         split = drawing.split if own_split else split_of(drawing.key_id, unit["seed"], test_fraction)
         if len(records[split]) >= quotas[split]:
             over_quota += 1
@@ -151,7 +156,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
             continue
         records[split].append(tfrecords.serialize_example(_record_values(drawing, image, unit["label"]),
                                                           specs))
-    read += skips.total - skips.counts["unrenderable"]  # lines the reader skipped were read too
+    read += skips.total - skips.counts["unrenderable"] - skips.counts["duplicate_key"]  # the reader's skips
     for split, path_out in staging.items():
         tfrecords.write_records(path_out, records.get(split, []))
     return {

@@ -178,6 +178,21 @@ def test_bad_lines_are_counted_skips_and_strict_names_file_and_line(tmp_path, qu
     assert "cat.ndjson:11" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_duplicate_key_id_is_a_counted_skip_and_the_data_set_verifies(tmp_path, quickdraw_dir):
+    lines = (quickdraw_dir / "simplified" / "cat.ndjson").read_bytes().splitlines()
+    doubled = lines[:12] + [lines[3], lines[7]] + lines[12:] + [lines[3]]
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "cat.ndjson").write_bytes(b"\n".join(doubled) + b"\n")
+    keys = [orjson.loads(line)["key_id"] for line in doubled]
+    assert len(keys) == 28 and len(set(keys)) == 25
+    info = build(source, tmp_path / "out", categories="cat", train_per_class=100, test_per_class=100)
+    assert info["skipped"] == {"duplicate_key": 3}
+    assert str(source / "cat.ndjson") in info["skip_examples"]["duplicate_key"]
+    assert [info["records"][k] for k in ("read", "written", "skipped", "over_quota")] == [28, 25, 3, 0]
+    assert sum(verify.verify(tmp_path / "out")["splits"].values()) == 25
+
+
 def test_cli_build_then_verify_and_clear_errors(tmp_path, quickdraw_dir):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = tmp_path / "cli"
