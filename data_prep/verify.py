@@ -1,9 +1,10 @@
 """`python -m data_prep.verify DIR`: re-read every shard and check it against dataset_info.json.
 
-Checks, in order: the info file; each shard's presence, size and sha256; that every record
-parses with the declared features (raw images of the declared byte length, encoded images that
-decode to the declared shape, labels within the classes); per-shard, per-split and per-class
-counts; and that no id (key_id, or the `id_feature` the info names) appears twice, within or
+Checks, in order: the info file; that each shard's file lies inside the folder, its presence, size
+and sha256; that every record parses with the declared features (raw images of the declared byte
+length, encoded images that decode to the declared shape, labels within the classes, and the class
+`classes[label]` equal to the one the record itself names: `word`, or the `<class>/` prefix of an
+`item_id`); per-shard, per-split and per-class counts; and that no id (key_id, or the `id_feature` the info names) appears twice, within or
 across splits, so no test example leaks into training. Exits non-zero naming the first problem.
 """
 
@@ -23,7 +24,10 @@ class VerificationError(RuntimeError):
 
 
 def _check_shard_file(data_dir: pathlib.Path, shard: dict[str, Any]) -> pathlib.Path:
-    path = data_dir / shard["file"]
+    name = shard["file"]
+    path = data_dir / str(name)
+    if not isinstance(name, str) or not path.resolve().is_relative_to(data_dir.resolve()):
+        raise VerificationError(f"shard file {name!r} leaves the data set folder: shards must lie inside it")
     if not path.is_file():
         raise VerificationError(f"shard {shard['file']} is missing")
     size = path.stat().st_size
@@ -35,9 +39,21 @@ def _check_shard_file(data_dir: pathlib.Path, shard: dict[str, Any]) -> pathlib.
     return path
 
 
-def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], num_classes: int,
+def _named_classes(parsed: dict[str, Any], specs: dict[str, tfrecords.FeatureSpec],
+                   id_feature: str | None) -> list[str] | None:
+    """The class each record of a parsed batch names itself: its `word` (Quick, Draw!), else the
+    `<class>/` prefix of its `item_id` (Sketchy, image folders); None when records name none."""
+    if "word" in specs:
+        return [v.decode("utf-8") for v in parsed["word"].numpy()]
+    if id_feature == "item_id" and "item_id" in specs:
+        return [v.decode("utf-8").split("/", 1)[0] for v in parsed["item_id"].numpy()]
+    return None
+
+
+def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], classes: list[str],
                 id_feature: str | None) -> tuple[int, collections.Counter, list[str]]:
     """Parse every record of a shard: returns (records, label counts, ids)."""
+    num_classes = len(classes)
     import tensorflow as tf
 
     from data_prep.pipeline import decode_images
@@ -69,6 +85,12 @@ def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], num
                 if out_of_range:
                     raise VerificationError(f"{path.name}: label {out_of_range[0]} outside 0..{num_classes - 1}")
                 labels.update(int(v) for v in values)
+                named = _named_classes(parsed, specs, id_feature)
+                for i, (label, name) in enumerate(zip(values, named or [])):
+                    if classes[label] != name:
+                        raise VerificationError(
+                            f"{path.name}: record {count + i} has label {label}, class {classes[label]!r} in "
+                            f"dataset_info.json, but names its class {name!r} (classes swapped or reordered?)")
             if id_feature:
                 ids.extend(v.decode("utf-8") for v in parsed[id_feature].numpy())
             count += int(batch.shape[0])
@@ -96,7 +118,7 @@ def verify(data_dir: str | os.PathLike) -> dict[str, Any]:
         split_labels: collections.Counter = collections.Counter()
         for shard in split_info["shards"]:
             path = _check_shard_file(data_dir, shard)
-            count, labels, ids = _scan_shard(path, specs, len(classes), id_feature)
+            count, labels, ids = _scan_shard(path, specs, classes, id_feature)
             if count != shard["num_examples"]:
                 raise VerificationError(f"shard {shard['file']}: {count} records, dataset_info.json says "
                                         f"{shard['num_examples']}")
