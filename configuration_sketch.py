@@ -130,6 +130,9 @@ class EvalConfig:
     query: str = field("", "lookup: a sketch .png, or a .ndjson whose first drawing is rasterized.")
     grid: str = field("", "lookup: PNG grid of the query and its results; empty: <query stem>_lookup.png.")
     images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
+    data_path: str = field("", "index: a data set folder (TFRecords and dataset_info.json) whose --split "
+                               "records are embedded and indexed with thumbnails.")
+    split: str = field("train", "index --data_path: the split to index.")
     out: str = field("", "index: output folder; empty: <model>/index.")
     approximate: str = field("none", "index: exact (none) or approximate ivf / hnsw search.",
                              choices=("none", "ivf", "hnsw"))
@@ -161,6 +164,27 @@ class BatchConfig:
     strict: bool = field(False, "Stop at the first bad record, naming file and line, instead of counting it.")
     progress: bool = field(True, "Show a progress bar on the terminal.")
     verbose: bool = field(False, "Show Beam's and TensorFlow's log lines.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """`python -m webapp` (`make serve`): the drawing page and its JSON API over an exported model."""
+
+    model: str = field("", "Exported model folder (train_sketch_net.py -mode export).")
+    index: str = field("", "Gallery index folder (evaluate_similarity_lookup.py index); empty: <model>/index "
+                           "when it exists, else no search.")
+    host: str = field("127.0.0.1", "Address to listen on. 127.0.0.1 serves this machine only; 0.0.0.0 exposes "
+                                   "the server to the network (put it behind a proxy that adds TLS).")
+    port: int = field(8000, "Port to listen on.")
+    k: int = field(12, "Gallery items a search returns unless the request asks for k.")
+    polarity: str = field("auto", "Polarity policy for image inputs (strokes are drawn as the training data).",
+                          choices=("auto", "as_is", "invert"))
+    max_body_bytes: int = field(2_000_000, "Largest request body; larger ones get 413.")
+    max_strokes: int = field(1_000, "Most strokes in one drawing.")
+    max_points: int = field(20_000, "Most points in one drawing (real raw drawings hold up to about 1,200).")
+    max_image_pixels: int = field(16_000_000, "Largest image (width x height), checked before decoding.")
+    max_concurrency: int = field(32, "Connections served at once; more get 503 at once instead of waiting.")
+    verbose: bool = field(False, "Show the access log and TensorFlow's start-up lines.")
 
 
 @dataclasses.dataclass(frozen=True)

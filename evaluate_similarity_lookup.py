@@ -134,17 +134,21 @@ def _index_features(config: cs.EvalConfig, meta: dict, metric: str):
 
 def run_index(config: cs.EvalConfig) -> int:
     from retrieval.index import build_index, default_index_dir
-    from retrieval.lookup import index_image_folder, thumbnail
+    from retrieval.lookup import index_dataset, index_image_folder, thumbnail
 
-    if not (config.images or config.features):
-        raise ValueError("index needs --images DIR (a class-folder tree) or --features G.npz.")
+    if sum(map(bool, (config.images, config.features, config.data_path))) != 1:
+        raise ValueError("index needs one of --images DIR (a class-folder tree), --data_path DIR (a data set "
+                         "folder; --split picks the split) or --features G.npz.")
     model = _load_model(config)
     meta = model.meta
     metric = _index_metric(config, meta)
     out = config.out or default_index_dir(config.model)
     args = dict(metric=metric, approximate=config.approximate, nlist=config.ivf_nlist, nprobe=config.ivf_nprobe,
                 hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model))
-    if config.images:
+    if config.data_path:
+        index = index_dataset(model, config.data_path, config.split, polarity=config.polarity,
+                              thumbnail_size=config.thumbnail_size, **args)
+    elif config.images:
         index = index_image_folder(model, config.images, polarity=config.polarity,
                                    thumbnail_size=config.thumbnail_size, **args)
     else:

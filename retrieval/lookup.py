@@ -12,8 +12,6 @@ defaults at the model's image size when it has none) and sent to the `images` en
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import io
 import os
 import pathlib
 import re
@@ -25,6 +23,7 @@ from data_prep.image_folder import IMAGE_SUFFIXES
 from retrieval.index import GalleryIndex, build_index
 from retrieval.ranking import pack_codes
 from serving import image_files
+from serving.strokes import stroke_pixels
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
@@ -77,9 +76,6 @@ def rasterize_query(path, meta: dict) -> np.ndarray:
     """The first drawing of an .ndjson file as uint8 (H, W, C) with the model's raster settings."""
     import orjson
 
-    from configuration_sketch import RasterConfig
-    from data_prep.raster import rasterize
-
     path = pathlib.Path(path)
     try:
         with open(path, "rb") as f:
@@ -91,19 +87,10 @@ def rasterize_query(path, meta: dict) -> np.ndarray:
                          f"(an object with 'drawing': [[xs], [ys]] per stroke): {err}") from None
     if not strokes or any(s is None for s in strokes):
         raise QueryError(f"{str(path)!r}: the first drawing has no strokes or a stroke without x and y.")
-    settings = dict(meta.get("raster") or dataclasses.asdict(RasterConfig(image_size=meta["image_size"])))
-    settings["image_size"] = meta["image_size"]
-    accepted = inspect.signature(rasterize).parameters
     try:
-        image = rasterize(strokes, **{k: v for k, v in settings.items() if k in accepted})
+        return stroke_pixels(strokes, meta)
     except ValueError as err:
         raise QueryError(f"{str(path)!r}: {err}") from None
-    if image.ndim == 2:
-        image = image[:, :, None]
-    channels = meta["channels"]
-    if image.shape[2] != channels:
-        image = np.repeat(image[:, :, :1], channels, axis=2) if channels == 3 else image[:, :, :1]
-    return image
 
 
 @dataclasses.dataclass
@@ -209,6 +196,66 @@ def index_image_folder(model, root, *, metric: str, polarity: str = "auto", appr
     return build_index(vectors, labels, ids=[p.stem for p in paths], metric=metric, approximate=approximate,
                        class_names=classes, image_paths=[os.fspath(p.resolve()) for p in paths],
                        thumbnails=thumbs, model_dir=model_dir, **index_args)
+
+
+def drawing_thumbnail(pixels: np.ndarray, size: int, invert: bool) -> np.ndarray:
+    """(s, s, 3) uint8 of a model-input image for display: shrunk to `size` when larger (never
+    enlarged: the browser and plots scale), dark strokes on white when `invert`."""
+    image = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    image = Image.fromarray(255 - image if invert else image).convert("RGB")
+    if image.width > size:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = "auto", approximate: str = "none",
+                  thumbnail_size: int = 64, batch_size: int = 256, model_dir: str = "", progress=None,
+                  **index_args) -> GalleryIndex:
+    """Embed every record of one split of a data set folder (its stored pixels, through the
+    model's `images` endpoint) and index it with the records' ids and thumbnails. A record the
+    reader cannot read is a QueryError naming the shard: an index never silently lacks items."""
+    from data_prep import tfrecords
+    from serving import batch_inputs
+
+    if not (pathlib.Path(data_path) / tfrecords.INFO_FILE).is_file():
+        raise QueryError(f"{os.fspath(data_path)!r} is not a data set folder (no {tfrecords.INFO_FILE}).")
+    meta = model.meta
+    sources = batch_inputs.discover(os.fspath(data_path), split)
+    settings = batch_inputs.ReadSettings(meta["image_size"], meta["channels"], meta.get("raster") or {})
+    class_names = meta.get("class_names") or tfrecords.read_dataset_info(data_path)["classes"]
+    label_of = {name: i for i, name in enumerate(class_names)}
+    invert = meta.get("polarity") == "white_on_black"
+    vectors, labels, ids, thumbs, pending = [], [], [], [], []
+
+    def flush():
+        batch = np.stack([item.data for item in pending])
+        vectors.append(index_vectors(model.run("images", batch, head="embed", polarity=polarity), metric))
+        if thumbnail_size > 0:
+            thumbs.extend(drawing_thumbnail(image, thumbnail_size, invert) for image in batch)
+        pending.clear()
+        if progress is not None:
+            progress(len(labels))
+
+    for source in sources:
+        for item in batch_inputs.read_source(source, settings):
+            if isinstance(item, batch_inputs.Skip):
+                raise QueryError(f"{source.path}: {item.count} records unreadable ({item.reason}), e.g. "
+                                 f"{item.example}; check the data set with python -m data_prep.verify {data_path}")
+            if item.label not in label_of:
+                raise QueryError(f"{source.path}: record {item.id} has class {item.label!r}, which the model at "
+                                 f"{model.export_dir} does not know.")
+            pending.append(item)
+            labels.append(label_of[item.label])
+            ids.append(item.id)
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    if not labels:
+        raise QueryError(f"split {split!r} of {os.fspath(data_path)!r} holds no records.")
+    return build_index(np.concatenate(vectors), np.asarray(labels, np.int64), ids=ids, metric=metric,
+                       approximate=approximate, class_names=list(class_names),
+                       thumbnails=np.stack(thumbs) if thumbs else None, model_dir=model_dir, **index_args)
 
 
 def result_rows(index: GalleryIndex, distances: np.ndarray, indices: np.ndarray) -> list[dict]:

@@ -31,6 +31,7 @@ import numpy as np
 from data_prep import quickdraw, tfrecords
 from data_prep.skips import BadRecord, SkipCounter
 from serving import image_files
+from serving import strokes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz")
@@ -211,25 +212,17 @@ def _skip_one(source: Source, settings: ReadSettings, reason: str, detail: str) 
     yield from _skips(source, counter)
 
 
-def _stroke_pixels(strokes, settings: ReadSettings) -> np.ndarray:
-    """Strokes -> uint8 [S, S, C] with the model's raster settings."""
-    from data_prep.raster import RASTER_OPTIONS, rasterize
-
-    options = {k: v for k, v in (settings.raster or {}).items() if k in RASTER_OPTIONS}
-    options["image_size"] = settings.image_size
-    image = rasterize(strokes, **options)
-    return _as_channels(image, settings.channels)
+def _stroke_pixels(drawing_strokes, settings: ReadSettings) -> np.ndarray:
+    """Strokes -> uint8 [S, S, C] with the model's raster settings (serving.strokes)."""
+    meta = {"raster": settings.raster, "image_size": settings.image_size, "channels": settings.channels}
+    return strokes.stroke_pixels(drawing_strokes, meta)
 
 
 def _as_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 -> (H, W, channels): grey repeated into colour."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[2] == channels:
-        return image
-    if image.shape[2] == 1 and channels == 3:
-        return np.repeat(image, 3, axis=2)
-    raise BadRecord("channels", f"{image.shape[2]}-channel image for a {channels}-channel model")
+    try:
+        return strokes.as_channels(image, channels)
+    except ValueError as err:
+        raise BadRecord("channels", str(err)) from None
 
 
 def _read_drawings(source: Source, drawings, counter: SkipCounter, settings: ReadSettings) -> Iterator[Item]:
