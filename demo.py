@@ -2,7 +2,8 @@
 
 Steps: generate procedural doodles as real Quick, Draw! ndjson, build sharded TFRecords,
 verify them, then train, evaluate, test (retrieval mAP) and export a classifier (SavedModel and
-TensorFlow Lite), and score the test split with the export in a batch job on Apache Beam.
+TensorFlow Lite), score the test split with the export in a batch job on Apache Beam, and index
+the training split for the drawing page (`make serve`).
 Everything goes to ./demo_out; re-running resumes (the build and the training
 pick up where they stopped).
 """
@@ -78,6 +79,13 @@ def main() -> int:
     print("$ " + " ".join(command[1:]), flush=True)
     if subprocess.run(command).returncode != 0:
         raise SystemExit("demo stopped: the batch job failed")
+    step("9. a gallery index of the training split, for the drawing page (make serve)")
+    index_dir = model_dir / "index"
+    command = [sys.executable, "evaluate_similarity_lookup.py", "index", "--model", str(model_dir / "export"),
+               "--data_path", str(data_dir), "--split", "train", "--out", str(index_dir)]
+    print("$ " + " ".join(command[1:]), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit("demo stopped: indexing the training split failed")
     job = json.loads((job_dir / "report.json").read_text())
     meta = json.loads((model_dir / "export" / "model_meta.json").read_text())
     evaluation = json.loads((model_dir / "evaluate.json").read_text())
@@ -93,6 +101,9 @@ def main() -> int:
     print(f"batch job on the exported SavedModel: top-1 {job['classification']['top1']:.3f} over "
           f"{job['counts']['predicted']} test drawings (evaluate: {evaluation['top1_accuracy']:.3f}); {job_dir}")
     print(f"\ndemo finished in {time.time() - started:.0f} s; outputs in {OUT}")
+    serve = "make serve" if OUT == pathlib.Path("demo_out") else \
+        f"python -m webapp --model {model_dir / 'export'} --index {index_dir}"
+    print(f"draw in the browser with this model: {serve}  (then open http://127.0.0.1:8000/)")
     return 0
 
 
