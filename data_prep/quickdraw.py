@@ -483,8 +483,8 @@ def _build(FLAGS) -> int:
     config = from_flags(QuickDrawBuildConfig)
     try:
         info = quickdraw_build.build(config, from_flags(RasterConfig))
-    except (builder.BuildError, StrictModeError, tfrecords.DatasetInfoError) as e:
-        raise ValueError(str(e)) from None
+    except (builder.BuildError, StrictModeError, tfrecords.DatasetInfoError, UnsafePickleError) as e:
+        raise ValueError(str(e)) from None  # an unsafe pickle names the file, member and global
     splits = ", ".join(f"{s['num_examples']} {split}" for split, s in info["splits"].items())
     records = info["records"]
     skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].items())

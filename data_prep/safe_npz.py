@@ -4,11 +4,13 @@
 execute code. Here object-dtype members are unpickled by a restricted Unpickler that resolves
 only the few globals numpy's own array pickles use (array reconstruction, ndarray, dtype,
 scalar); any other global raises UnsafePickleError before anything is called.
-Plain (non-object) members are read with `allow_pickle=False`.
+Plain (non-object) members are read with `allow_pickle=False`. A member whose .npy header claims more
+data than the member can hold (a tiny file claiming 10^9 rows) is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -18,6 +20,8 @@ from numpy.lib import format as npy_format
 
 _RECONSTRUCT = np._core.multiarray._reconstruct
 _SCALAR = np._core.multiarray.scalar
+# Deflate expands at most about 1032:1; other zip methods are not used by numpy.
+_MAX_EXPANSION = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1100}
 
 
 
@@ -73,12 +77,17 @@ def load_npz_restricted(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except zipfile.BadZipFile as e:
         raise ValueError(f"{os.fspath(path)!r} is not an .npz (zip) file: {e}") from None
     out: dict[str, np.ndarray] = {}
+    archive_bytes = os.path.getsize(path)
     with archive:
         for member in archive.namelist():
             key = member[: -len(".npy")] if member.endswith(".npy") else member
+            entry = archive.getinfo(member)
+            # What the member can really hold: its stated size, bounded by what the file on disk can expand to.
+            expansion = _MAX_EXPANSION.get(entry.compress_type, 1100)
+            capacity = min(entry.file_size, min(entry.compress_size, archive_bytes) * expansion)
             try:
                 with archive.open(member) as f:
-                    out[key] = _read_member(f)
+                    out[key] = _read_member(f, capacity)
             except UnsafePickleError as e:
                 raise UnsafePickleError(f"{os.fspath(path)!r} member {member!r}: {e}", e.global_name) from None
             except (ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, TypeError) as e:
@@ -86,7 +95,8 @@ def load_npz_restricted(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_member(f) -> np.ndarray:
+def _read_member(f, capacity: int) -> np.ndarray:
+    """One .npy member of at most `capacity` bytes (header included)."""
     version = npy_format.read_magic(f)
     if version == (1, 0):
         shape, fortran_order, dtype = npy_format.read_array_header_1_0(f)
@@ -94,6 +104,13 @@ def _read_member(f) -> np.ndarray:
         shape, fortran_order, dtype = npy_format.read_array_header_2_0(f)
     else:
         raise ValueError(f".npy format version {version} is not supported (1.0 and 2.0 are)")
+    available = capacity - f.tell()
+    count = math.prod(shape)
+    # An object array's pickle takes at least a byte per element; plain data takes itemsize bytes each.
+    needed = count if dtype.hasobject else count * dtype.itemsize
+    if needed > available:
+        raise ValueError(f"its header claims shape {tuple(shape)} {dtype} ({needed:,} bytes) but the member holds "
+                         f"{max(available, 0):,} bytes of data")
     if not dtype.hasobject:
         f.seek(0)
         return npy_format.read_array(f, allow_pickle=False)

@@ -193,6 +193,37 @@ def test_a_duplicate_key_id_is_a_counted_skip_and_the_data_set_verifies(tmp_path
     assert sum(verify.verify(tmp_path / "out")["splits"].values()) == 25
 
 
+class _RunsACommand:
+    """Pickles as a call of os.system: what a malicious sketch-rnn file could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cli_refuses_an_unsafe_pickle_in_one_line(tmp_path, quickdraw_dir):
+    drawings = list(quickdraw.read_ndjson(quickdraw_dir / "simplified" / "cat.ndjson"))
+    marker = tmp_path / "ran"
+    items = [quickdraw.stroke3_from_strokes(d.strokes) for d in drawings[:5]] + [_RunsACommand(marker)]
+    train = np.empty(len(items), dtype=object)
+    train[:] = items
+    source = tmp_path / "npz"
+    source.mkdir()
+    np.savez(source / "cat.npz", train=train)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "data_prep.quickdraw", "build", "--source", str(source), "--format",
+               "sketchrnn", "--categories", "cat", "--out", str(tmp_path / "out"), "--workers", "2"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.replace("\r", "\n").splitlines()  # the progress bar redraws with \r
+    error = [line for line in lines if "error:" in line]
+    assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(source / "cat.npz") in error[0] and "train.npy" in error[0] and "system" in error[0]
+    assert not marker.exists()
+
+
 def test_cli_build_then_verify_and_clear_errors(tmp_path, quickdraw_dir):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = tmp_path / "cli"

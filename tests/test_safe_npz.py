@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -121,3 +122,34 @@ def test_not_an_npz_and_bad_member_are_value_errors(tmp_path):
         z.writestr("train.npy", b"\x93NUMPY garbage")
     with pytest.raises(ValueError, match="train.npy"):
         load_npz_restricted(bad)
+
+
+def test_a_header_claiming_more_rows_than_the_file_holds_is_refused_before_allocating(tmp_path, quickdraw_dir):
+    """A tiny .npz whose `valid` header claims 10^9 stroke-3 rows (6 GB of int16): a counted bad_npz skip,
+    with nothing of that size allocated; the real drawings beside it are not the problem."""
+    from data_prep import quickdraw
+    from data_prep.skips import SkipCounter
+
+    drawings = list(quickdraw.read_ndjson(quickdraw_dir / "simplified" / "cat.ndjson"))
+    train = _object_array([quickdraw.stroke3_from_strokes(d.strokes) for d in drawings])
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, train, allow_pickle=True)
+    claim = io.BytesIO()
+    np.lib.format.write_array_header_1_0(claim, {"descr": "<i2", "fortran_order": False, "shape": (10**9, 3)})
+    path = tmp_path / "cat.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("train.npy", buf.getvalue())
+        z.writestr("valid.npy", claim.getvalue() + np.zeros((4, 3), np.int16).tobytes())
+    assert path.stat().st_size < 20_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"valid.npy.*claims shape \(1000000000, 3\) int16 "
+                                             r"\(6,000,000,000 bytes\) but the member holds 24 bytes"):
+            load_npz_restricted(path)
+        skips = SkipCounter()
+        assert list(quickdraw.read_sketchrnn(path, skips)) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert skips.as_dict() == {"bad_npz": 1} and "claims shape" in skips.examples["bad_npz"]
+    assert peak < 50 * 2**20, f"{peak:,} bytes allocated"
