@@ -1,4 +1,8 @@
-"""Two fixes to Keras 3 `Model.fit` under tf.distribute (checked with Keras 3.15, TF 2.21).
+"""Two fixes to Keras 3 `Model.fit` under tf.distribute, written for and checked with Keras 3.15
+(TF 2.21). They replace private Keras functions process-wide, so `apply()` refuses any other Keras
+series (KerasVersionError): check both fixes against the new version's
+keras/src/backend/tensorflow/trainer.py and tests/test_keras_fixes.py (each test also shows that
+the Keras bug is still there), then update KERAS_SERIES, or drop a fix Keras no longer needs.
 
 1. Model building consumes a batch from a throw-away iterator. `fit` calls `_maybe_symbolic_build`,
    which, for a model created under a strategy, creates an iterator over the training data, pulls
@@ -7,24 +11,53 @@
    so how far the dropped iterator prefetched (a race) decides the second one's order: the same
    seed gave different batches from run to run (found by the 1-vs-2-device test). Under
    MultiWorkerMirroredStrategy the same code also averages that batch across workers, which
-   fails outright: "Attempt to convert a value (PerReplica ...)" (tensorflow/tensorflow#72388).
+   fails outright: "Attempt to convert a value (PerReplica ...) with an unsupported type".
    Fixed: build from the dataset's element spec (shapes and dtypes are all it needs); no iterator.
+   Upstream: we found no Keras issue for the consumed batch; the same PerReplica message under
+   MultiWorkerMirroredStrategy and Keras 3 is reported in https://github.com/ray-project/ray/issues/47464
+   (not traced to this code path there).
 2. Under MultiWorkerMirroredStrategy `reduce_per_replica` averages the step's logs with
    `strategy.reduce("MEAN", v, axis=0)`, and the logs are scalars: "Invalid reduction dimension 0
    for input with 0 dimensions". Fixed: reduce scalars with axis=None (a mean across replicas);
    the logs are metric results whose variables are already summed across replicas.
+   Upstream: https://github.com/tensorflow/tensorflow/issues/72388 (closed there as a Keras 3
+   issue, unfixed in Keras 3.15).
 
 `apply()` installs both (idempotent); other code paths are left as they were.
 """
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
-from keras.src import tree
-from keras.src.backend.tensorflow import trainer as tf_trainer
 
-_original_reduce_per_replica = tf_trainer.reduce_per_replica
-_original_maybe_symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+KERAS_SERIES = "3.15"  # the Keras major.minor these fixes were written for and tested against
+
+try:  # private modules: absent or moved in other Keras versions, which apply() then refuses
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+except ImportError:  # pragma: no cover - only on another Keras
+    tree = tf_trainer = None
+
+_original_reduce_per_replica = getattr(tf_trainer, "reduce_per_replica", None)
+_original_maybe_symbolic_build = getattr(getattr(tf_trainer, "TensorFlowTrainer", None), "_maybe_symbolic_build", None)
+
+
+class KerasVersionError(RuntimeError):
+    """The installed Keras is not the one the fixes were written for."""
+
+
+def check_keras_version(version: str | None = None) -> None:
+    """KerasVersionError unless `version` (default: the installed Keras) is of the KERAS_SERIES series
+    and has the private functions the fixes replace."""
+    version = keras.__version__ if version is None else version
+    series = ".".join(version.split(".")[:2])
+    missing = _original_reduce_per_replica is None or _original_maybe_symbolic_build is None
+    if series != KERAS_SERIES or missing:
+        raise KerasVersionError(
+            f"training/keras_fixes.py replaces private functions of Keras {KERAS_SERIES}.x (distributed fit); "
+            f"Keras {version} is installed{' and lacks them' if missing else ''}. Install keras=={KERAS_SERIES}.* "
+            "(constraints.txt), or check the fixes against this version and update KERAS_SERIES.")
 
 
 def _multi_worker(strategy) -> bool:
@@ -66,6 +99,7 @@ def maybe_symbolic_build(self, iterator=None, data_batch=None):
 
 
 def apply() -> None:
-    """Install both fixes (idempotent)."""
+    """Install both fixes (idempotent); KerasVersionError on a Keras they were not written for."""
+    check_keras_version()
     tf_trainer.reduce_per_replica = reduce_per_replica
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build

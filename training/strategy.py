@@ -150,7 +150,10 @@ def _make_strategy(requested: str, cpu_devices: int, environ) -> StrategyInfo:
     workers = cluster_size(cluster)
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     name = choose_strategy(requested, num_gpus=num_gpus, cpu_devices=cpu_devices, num_workers=workers)
-    keras_fixes.apply()
+    try:
+        keras_fixes.apply()
+    except keras_fixes.KerasVersionError as e:
+        raise StrategyError(str(e)) from None
     if name == "multi_worker":
         # Created before anything else touches the runtime: collective ops are configured at startup.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
