@@ -23,11 +23,11 @@ from typing import Any, Iterable
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from configuration_sketch import ImageFolderBuildConfig
 from data_prep import builder, tfrecords
-from data_prep.skips import BadRecord, SkipCounter, StrictModeError
+from data_prep.skips import BadRecord, SkipCounter, StrictModeError, path_problem
 
 DOMAINS = ("sketch", "photo")  # a record's domain_id is the index here
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -37,6 +37,11 @@ ENCODED = "png|jpeg"
 # size wins: 196 KB an image raw at 256 px, 17 GB for the full Sketchy.
 RAW_MAX_SIZE = 128
 SPLITS = ["train", "test"]
+# Larger images are a counted skip ('too_large'), read from the header: a 100 KB PNG of 10,000 x
+# 10,000 pixels decodes to about 1 GB. The limit of serving.image_files, below Pillow's own
+# decompression-bomb limit (89.5 million pixels warns, twice that raises).
+MAX_IMAGE_PIXELS = 64_000_000
+EXIF_ORIENTATION = 0x0112
 
 
 def resolve_encoding(encoding: str, image_size: int) -> str:
@@ -79,20 +84,70 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(data: bytes, channels: int) -> tuple[np.ndarray, str, str]:
-    """Decode file bytes to uint8 (H, W, channels); returns (pixels, PIL mode, format).
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey (PIL modes I;16*, and I read from 16-bit files) to 8-bit "L" by round(v * 255 / 65535),
+    the uint8 nearest to what serving's v / 65535 gives; other modes as they are (PIL already reads
+    16-bit colour PNGs as 8-bit, by the high byte). A plain convert("L") would clip at 255."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
-    Raises BadRecord('unreadable_image') for empty, truncated or non-image bytes.
-    """
+
+def _decode(data: bytes, channels: int) -> tuple[np.ndarray, str, str, bool]:
+    """load_image, and whether the EXIF orientation turned the image."""
+    if not data:
+        raise BadRecord("unreadable_image", "an empty file (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:  # checked from the header, before any pixel is decoded
+            raise BadRecord("too_large", f"{width} x {height} pixels > {MAX_IMAGE_PIXELS:,}")
         image.load()
         mode, fmt = image.mode, image.format or ""
-        image = _flatten_alpha(image).convert("L" if channels == 1 else "RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+        image = ImageOps.exif_transpose(image)
+        image = _flatten_alpha(to_8_bit(image)).convert("L" if channels == 1 else "RGB")
+    except BadRecord:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadRecord("too_large", str(e)) from None
+    except Image.UnidentifiedImageError:
+        raise BadRecord("unreadable_image", f"not in an image format Pillow reads ({len(data):,} bytes "
+                                            f"starting {data[:8]!r}: corrupt, or not an image)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadRecord("unreadable_image", f"{type(e).__name__}: {e}") from None
     pixels = np.asarray(image, dtype=np.uint8)
-    return (pixels[..., None] if pixels.ndim == 2 else pixels), mode, fmt
+    return (pixels[..., None] if pixels.ndim == 2 else pixels), mode, fmt, turned
+
+
+def load_image(data: bytes, channels: int) -> tuple[np.ndarray, str, str]:
+    """Decode file bytes to uint8 (H, W, channels), upright; returns (pixels, PIL mode, format).
+
+    The EXIF orientation is applied; 16-bit grey is scaled to 8 bits (`to_8_bit`); transparency
+    is composited over white. Raises BadRecord('unreadable_image') for empty, truncated or
+    non-image bytes and BadRecord('too_large') above MAX_IMAGE_PIXELS, before decoding.
+    """
+    pixels, mode, fmt, _ = _decode(data, channels)
+    return pixels, mode, fmt
+
+
+def file_problem(path: pathlib.Path) -> tuple[str, str] | None:
+    """(skip reason, detail) for a folder entry that is not a readable image file, else None."""
+    problem = path_problem(path)
+    if problem and problem[0] == "not_a_file":
+        return "not_an_image", problem[1]
+    if problem is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not_an_image", f"suffix {path.suffix!r}"
+    return problem
+
+
+def read_file(path: pathlib.Path) -> bytes:
+    """The bytes of a file, or BadRecord('unreadable_file') naming the OS error (permission denied, ...)."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BadRecord("unreadable_file", e.strerror or type(e).__name__) from None
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -125,16 +180,16 @@ def stored_image(data: bytes, domain: str, image_size: int, channels: int, encod
                  jpeg_quality: int) -> bytes | np.ndarray:
     """What the `image` feature holds for one source file: raw pixels or encoded bytes.
 
-    Encoded storage keeps the original bytes when they already are a PNG or JPEG of the right
-    size and channels (no second JPEG compression); otherwise the pixels are re-encoded.
+    Encoded storage keeps the original bytes when they already are an upright PNG or JPEG of the
+    right size and channels (no second JPEG compression); otherwise the pixels are re-encoded.
     """
-    pixels, mode, fmt = load_image(data, channels)
+    pixels, mode, fmt, turned = _decode(data, channels)
     resized = resize_square(pixels, image_size)
     if encoding == "raw":
         return np.ascontiguousarray(resized)
     wanted_modes = ("L",) if channels == 1 else ("RGB", "L")
     expected_format = "JPEG" if domain == "photo" else "PNG"
-    if resized is pixels and fmt == expected_format and mode in wanted_modes:
+    if resized is pixels and fmt == expected_format and mode in wanted_modes and not turned:
         return data
     return encode_image(resized, domain, jpeg_quality)
 
@@ -256,17 +311,17 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     entries = sorted(folder.iterdir())
     images = []
     for path in entries:
-        where = path.relative_to(source).as_posix()
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            skips.skip("not_an_image", where, "a folder" if path.is_dir() else f"suffix {path.suffix!r}")
+        problem = file_problem(path)
+        if problem:
+            skips.skip(problem[0], path.relative_to(source).as_posix(), problem[1])
         else:
             images.append(path)
     held_out = test_items([p.name for p in images], unit["test_fraction"], unit["seed"], category)
     for path in images:
         where = path.relative_to(source).as_posix()
-        data = path.read_bytes()
-        digest.add(path.name, data)
         try:
+            data = read_file(path)
+            digest.add(path.name, data)
             image = stored_image(data, domain, unit["image_size"], unit["channels"], unit["encoding"],
                                  unit["jpeg_quality"])
         except BadRecord as e:

@@ -275,11 +275,31 @@ def read_bitmaps(path: str | os.PathLike, skips: SkipCounter | None = None) -> I
     return _read_bitmaps(path, word, SkipCounter() if skips is None else skips)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_problem(path: pathlib.Path, error: Exception) -> str:
+    """What is wrong with an .npy that np.load refused, in words (numpy calls any file without the .npy
+    magic 'pickled data', and a pickled object array one it 'can't memory-map')."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if not head:
+        return "an empty file (0 bytes)"
+    if head != NPY_MAGIC:
+        return f"not an .npy file: it starts with {head!r}, not the .npy magic {NPY_MAGIC!r}"
+    if "Python objects" in str(error) or "pickled" in str(error):
+        return "an .npy of pickled Python objects, not numbers (pickles are never loaded)"
+    return f"a damaged or truncated .npy: {error}"
+
+
 def _read_bitmaps(path: pathlib.Path, word: str, skips: SkipCounter) -> Iterator[Drawing]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        skips.skip("bad_npy", str(path), str(e))
+        skips.skip("bad_npy", str(path), _npy_problem(path, e))
         return
     side2 = BITMAP_SIDE * BITMAP_SIDE
     if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != side2:

@@ -28,8 +28,8 @@ from typing import Any
 
 from configuration_sketch import SketchyBuildConfig
 from data_prep import builder, image_folder
-from data_prep.image_folder import (FolderDigest, IMAGE_SUFFIXES, UnitRecords, feature_specs, record_bytes,
-                                    stored_image, test_items)
+from data_prep.image_folder import (FolderDigest, UnitRecords, feature_specs, file_problem, read_file,
+                                    record_bytes, stored_image, test_items)
 from data_prep.skips import BadRecord, SkipCounter
 
 TREES = ("photo", "sketch")
@@ -166,8 +166,9 @@ def _scan_photos(folder: pathlib.Path, source: pathlib.Path, skips: SkipCounter)
     entries = sorted(folder.iterdir())
     for path in entries:
         where = path.relative_to(source).as_posix()
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            skips.skip("not_an_image", where, "a folder" if path.is_dir() else f"suffix {path.suffix!r}")
+        problem = file_problem(path)
+        if problem:
+            skips.skip(problem[0], where, problem[1])
         elif path.stem in photos:
             skips.skip("duplicate_photo", where, f"{photos[path.stem].name} has the same stem")
         else:
@@ -183,8 +184,9 @@ def _scan_sketches(folder: pathlib.Path, source: pathlib.Path, photos: dict, ski
     for path in entries:
         where = path.relative_to(source).as_posix()
         match = SKETCH_NAME.match(path.stem)
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            skips.skip("not_an_image", where, "a folder" if path.is_dir() else f"suffix {path.suffix!r}")
+        problem = file_problem(path)
+        if problem:
+            skips.skip(problem[0], where, problem[1])
         elif not match:
             skips.skip("unparsable_sketch_name", where, "expected <photo>-<k>.<ext>")
         elif match["photo"] not in photos:
@@ -214,9 +216,9 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
                for tree, d in (("photo", photo_dir), ("sketch", sketch_dir))}
 
     def image_of(path: pathlib.Path, domain: str):
-        data = path.read_bytes()
-        digests[domain].add(path.name, data)
         try:
+            data = read_file(path)
+            digests[domain].add(path.name, data)
             return stored_image(data, domain, unit["image_size"], 3, unit["encoding"], unit["jpeg_quality"])
         except BadRecord as e:
             skips.skip(e.reason, path.relative_to(source).as_posix(), e.detail)
@@ -235,7 +237,10 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     sketched_written: dict[str, set] = {split: set() for split in staging}
     for path, stem in sketches:
         if stem not in written_photos:
-            digests["sketch"].add(path.name, path.read_bytes())
+            try:
+                digests["sketch"].add(path.name, read_file(path))
+            except BadRecord:
+                pass  # counted below as photo_unreadable
             skips.skip("photo_unreadable", path.relative_to(source).as_posix(),
                        f"its photo {stem!r} was skipped")
             continue

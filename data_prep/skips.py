@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
+import os
+import pathlib
+import stat
 
 
 class BadRecord(ValueError):
@@ -53,3 +57,22 @@ class SkipCounter:
             return "skipped 0 records"
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
         return f"skipped {self.total} records: {parts}"
+
+
+def path_problem(path: pathlib.Path) -> tuple[str, str] | None:
+    """(reason, detail) when `path` is not a regular file, else None: 'broken_link' (a symbolic-link
+    loop, or a link to nothing), 'not_a_file' (a folder, pipe, socket or device), 'unreadable_file'
+    (another OS error, such as permission denied on the folder)."""
+    try:
+        status = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "broken_link", "a symbolic link loop"
+        if path.is_symlink():
+            return "broken_link", f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "unreadable_file", e.strerror or type(e).__name__
+    if stat.S_ISDIR(status.st_mode):
+        return "not_a_file", "a folder"
+    if not stat.S_ISREG(status.st_mode):
+        return "not_a_file", "not a regular file (a pipe, socket or device)"
+    return None

@@ -222,7 +222,7 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
     meta = model.meta
     sources = batch_inputs.discover(os.fspath(data_path), split)
     settings = batch_inputs.ReadSettings(meta["image_size"], meta["channels"], meta.get("raster") or {})
-    class_names = meta.get("class_names") or tfrecords.read_dataset_info(data_path)["classes"]
+    class_names = tfrecords.read_dataset_info(data_path)["classes"]  # a gallery may hold classes the model lacks
     label_of = {name: i for i, name in enumerate(class_names)}
     invert = meta.get("polarity") == "white_on_black"
     vectors, labels, ids, thumbs, pending = [], [], [], [], []
@@ -242,8 +242,8 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
                 raise QueryError(f"{source.path}: {item.count} records unreadable ({item.reason}), e.g. "
                                  f"{item.example}; check the data set with python -m data_prep.verify {data_path}")
             if item.label not in label_of:
-                raise QueryError(f"{source.path}: record {item.id} has class {item.label!r}, which the model at "
-                                 f"{model.export_dir} does not know.")
+                raise QueryError(f"{source.path}: record {item.id} has class {item.label!r}, which is not in the "
+                                 f"data set's classes; check it with python -m data_prep.verify {data_path}")
             pending.append(item)
             labels.append(label_of[item.label])
             ids.append(item.id)

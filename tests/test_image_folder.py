@@ -165,3 +165,85 @@ def test_cli_and_argument_errors(sketchy_dir, tmp_path, capsys):
     (tmp_path / "flat" / "a.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="holds no category folder"):
         build(tmp_path / "flat", tmp_path / "x")
+
+
+# --------------------------------------------------------------------------- hardening (bit depth, EXIF, size, links)
+
+
+def real_sketch(sketchy_dir: pathlib.Path, n: int = 0) -> pathlib.Path:
+    return sorted((sketchy_dir / "sketch" / "cat").glob("*.png"))[n]
+
+
+def real_photo(sketchy_dir: pathlib.Path, n: int = 0) -> pathlib.Path:
+    return sorted((sketchy_dir / "photo" / "cat").glob("*.jpg"))[n]
+
+
+def test_16_bit_png_is_scaled_and_exif_orientation_applied(sketchy_dir, tmp_path):
+    """A real photo as a 16-bit grey PNG (each 8-bit value v stored as v * 257) must come back as v,
+    not clipped to near-white; a real sketch saved with EXIF orientation 6 (turn 90 degrees clockwise
+    to display) must be stored upright, also where encoded storage would keep the file's own bytes."""
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    for name in ("deep", "turned"):
+        (root / name).mkdir(parents=True)
+    grey = np.asarray(Image.open(real_photo(sketchy_dir)).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(root / "deep" / "photo16.png")
+    assert Image.open(root / "deep" / "photo16.png").mode == "I;16"
+    sketch = Image.open(real_sketch(sketchy_dir)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sketch.save(root / "turned" / "sketch.png", exif=exif)
+    upright = np.rot90(np.asarray(sketch), k=-1)
+    assert not np.array_equal(upright, np.asarray(sketch)), "the sketch is not symmetric under rotation"
+    build(root, tmp_path / "out", image_size=128, encoding="encoded", test_fraction=0.0)
+    rows = {r["item_id"]: r for r in records(tmp_path / "out", "train", names=("label", "item_id", "image"))}
+    stored = rows["deep/photo16.png"]["image"]
+    assert stored.shape == (128, 128, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(stored[..., channel], grey)
+    assert abs(float(stored.mean()) - float(grey.mean())) < 1 and grey.mean() < 200
+    np.testing.assert_array_equal(rows["turned/sketch.png"]["image"], upright)
+
+
+def test_too_large_image_is_a_counted_skip_decided_from_the_header(sketchy_dir, tmp_path):
+    """A real sketch blown up to 8,001 x 8,001 pixels (26 KB as a 1-bit PNG, about 64 MB a channel
+    decoded) is refused from its header, before any pixel is decoded: even its first 2,000 bytes,
+    which hold no complete image, are refused for size."""
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "1.png").symlink_to(real_sketch(sketchy_dir))
+    huge = Image.open(real_sketch(sketchy_dir, 1)).convert("1").resize((8001, 8001), Image.NEAREST)
+    huge.save(root / "cat" / "huge.png")
+    info = build(root, tmp_path / "out", test_fraction=0.0)
+    assert info["skipped"] == {"too_large": 1}
+    assert info["skip_examples"]["too_large"] == "cat/huge.png: too_large (8001 x 8001 pixels > 64,000,000)"
+    assert info["splits"]["train"]["per_class"] == {"cat": 1}
+    data = (root / "cat" / "huge.png").read_bytes()
+    assert len(data) < 100_000
+    with pytest.raises(BadRecord, match="too_large: 8001 x 8001 pixels"):
+        image_folder.load_image(data[:2000], 3)
+
+
+def test_links_and_random_bytes_are_named_for_what_they_are(sketchy_dir, tmp_path):
+    import random
+
+    root = tmp_path / "tree"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "1.png").symlink_to(real_sketch(sketchy_dir))
+    (root / "cat" / "loop.png").symlink_to(root / "cat" / "loop.png")
+    (root / "cat" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (root / "cat" / "noise.png").write_bytes(random.Random(0).randbytes(3000))
+    info = build(root, tmp_path / "out", test_fraction=0.0)
+    assert info["skipped"] == {"broken_link": 2, "unreadable_image": 1}
+    assert info["records"] == {"read": 4, "written": 1, "skipped": 3, "over_quota": 0}
+    examples = info["skip_examples"]
+    assert examples["unreadable_image"].startswith("cat/noise.png: unreadable_image (not in an image format")
+    assert "BytesIO" not in examples["unreadable_image"]
+    assert examples["broken_link"] == "cat/gone.png: broken_link (a symbolic link to " \
+        f"{str(tmp_path / 'deleted.png')!r}, which does not exist)"
+    (root / "cat" / "gone.png").unlink()
+    with pytest.raises(StrictModeError, match=r"^cat/loop.png: broken_link \(a symbolic link loop\)$"):
+        build(root, tmp_path / "strict", test_fraction=0.0, strict=True)

@@ -236,3 +236,39 @@ def test_unreadable_images_are_named(drawings, classifier, tmp_path):
     with pytest.raises(QueryError, match="expected an image"):
         (tmp_path / "notes.txt").write_text("x")
         prepare_query(tmp_path / "notes.txt", model.meta)
+
+
+def test_index_a_data_set_split_with_drawing_thumbnails(trained_bitmap_export, quickdraw_28px, tmp_path):
+    """`index --data_path`: every record of the split, its own class names (a gallery may hold classes
+    the model was not trained on), vectors equal to the Keras features layer, thumbnails dark on white."""
+    import evaluate_similarity_lookup as cli
+    from data_prep import tfrecords
+    from retrieval.index import load_index
+
+    config = cs.EvalConfig(model=str(trained_bitmap_export.export_dir), data_path=str(quickdraw_28px), split="test",
+                           out=str(tmp_path / "index"))
+    assert cli.run_index(config) == 0
+    index = load_index(tmp_path / "index")
+    info = tfrecords.read_dataset_info(quickdraw_28px)
+    assert len(index) == info["splits"]["test"]["num_examples"] and index.class_names == info["classes"]
+    import tensorflow as tf
+
+    specs = tfrecords.feature_specs(info)
+    images, labels, key_ids = [], [], []
+    for shard in tfrecords.shard_paths(quickdraw_28px, info, "test"):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            example = tf.train.Example.FromString(raw.numpy())
+            f = example.features.feature
+            images.append(np.frombuffer(f["image"].bytes_list.value[0], np.uint8).reshape(specs["image"].shape))
+            labels.append(f["label"].int64_list.value[0])
+            key_ids.append(f["key_id"].bytes_list.value[0].decode())
+    images = np.stack(images)
+    assert list(index.ids) == key_ids and list(index.labels) == labels
+    features = keras.Model(trained_bitmap_export.model.inputs,
+                           trained_bitmap_export.model.get_layer("features").output)(images / 255.0).numpy()
+    distances, found = index.search(features[:5], 1)
+    assert found[:, 0].tolist() == list(range(5)) and np.all(distances[:, 0] < 1e-3)
+    np.testing.assert_array_equal(index.thumbnails[..., 0], 255 - images[..., 0])
+    with pytest.raises(ValueError, match="one of --images"):
+        cli.run_index(cs.EvalConfig(model=str(trained_bitmap_export.export_dir), data_path=str(quickdraw_28px),
+                                    images=str(tmp_path)))

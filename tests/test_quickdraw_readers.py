@@ -544,3 +544,38 @@ def test_source_files_errors(tmp_path):
     (unsafe / "a..b.npy").write_bytes(b"")
     with pytest.raises(BadRecord, match="bad_category_name"):
         qd.source_files(unsafe, "bitmap")
+
+
+def test_unreadable_npy_messages_name_the_problem(tmp_path):
+    """numpy calls any file without the .npy magic 'pickled data': the skip must say what it is."""
+    import random
+
+    real = tmp_path / "real.npy"
+    np.save(real, np.load(qd_bitmap_file(), mmap_mode="r")[:10])
+    cases = {
+        "noise.npy": random.Random(0).randbytes(8) + real.read_bytes()[8:],
+        "empty.npy": b"",
+        "cut.npy": real.read_bytes()[:-100],
+    }
+    expected = {
+        "noise.npy": "not an .npy file: it starts with ",
+        "empty.npy": "an empty file (0 bytes)",
+        "cut.npy": "a damaged or truncated .npy",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        skips = SkipCounter()
+        assert list(qd.read_bitmaps(path, skips)) == []
+        message = skips.examples["bad_npy"]
+        assert message.startswith(f"{path}: bad_npy ({expected[name]}") and "pickled" not in message, message
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    skips = SkipCounter()
+    list(qd.read_bitmaps(tmp_path / "objects.npy", skips))
+    assert "pickled Python objects" in skips.examples["bad_npy"]
+
+
+def qd_bitmap_file() -> pathlib.Path:
+    from tests.conftest import BITMAP
+
+    return BITMAP / "clock.npy"

@@ -325,3 +325,28 @@ def test_two_workers_write_the_same_shards(sketchy_dir, tmp_path):
     one = build(source, tmp_path / "one", workers=1)
     two = build(source, tmp_path / "two", workers=2)
     assert one["splits"] == two["splits"], "shard bytes (sha256) do not depend on the worker count"
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_16_bit_photo_and_exif_turned_sketch_are_stored_as_seen(sketchy_dir, tmp_path):
+    """A real photo as a 16-bit grey PNG (8-bit v stored as v * 257) comes back as v in each channel,
+    not clipped to near-white; its real sketch saved with EXIF orientation 6 is stored turned upright."""
+    from PIL import Image
+
+    real_sketch = sorted((sketchy_dir / "sketch" / "cat").glob("*.png"))[0]
+    stem = real_sketch.stem.rsplit("-", 1)[0]
+    source = tmp_path / "src"
+    (source / "photo" / "cat").mkdir(parents=True)
+    (source / "sketch" / "cat").mkdir(parents=True)
+    grey = np.asarray(Image.open(sketchy_dir / "photo" / "cat" / f"{stem}.jpg").convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(source / "photo" / "cat" / f"{stem}.png")
+    sketch = Image.open(real_sketch).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display
+    sketch.save(source / "sketch" / "cat" / real_sketch.name, exif=exif)
+    build(source, tmp_path / "out", image_size=128, test_fraction=0.0)
+    rows = {r["domain"]: r for r in read_split(tmp_path / "out", "train", images=True)}
+    np.testing.assert_array_equal(rows["photo"]["image"], np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(rows["sketch"]["image"], np.rot90(np.asarray(sketch), k=-1))
