@@ -262,6 +262,31 @@ def test_sketchy_settings_are_refused_before_training(sketchy_32px, tmp_path):
     assert task.batch_size(run) == 48  # P x K images, whatever -batch_size says
 
 
+def test_retrieval_validation_traces_its_inference_step_in_the_first_epoch_only(sketchy_32px, tmp_path, caplog):
+    """Issue item 20: triplet training on Sketchy logged "triggered tf.function retracing" from the second
+    epoch's validation on (a new tf.function per pass and branch, each traced anew). The model's Python
+    `call` runs once per trace, so counting its calls counts the traces."""
+    run, task = trainer.prepare_run(*trainer.resolve("", {
+        "mode": "train", "data_path": str(sketchy_32px), "model_dir": str(tmp_path / "run"), "model": "triplet",
+        "classes_per_batch": 4, "per_class": 4, "embedding_dim": 16}))
+    model = task.build_model(run)
+    traces = []
+    call = model.call
+    model.call = lambda *args, **kwargs: traces.append(1) or call(*args, **kwargs)
+    validation = next(c for c in task.callbacks(run, model) if isinstance(c, metric.RetrievalValidation))
+    validation.set_model(model)
+    per_epoch = []
+    with caplog.at_level("WARNING"):
+        for epoch in range(3):
+            logs = {}
+            before = len(traces)
+            validation.on_epoch_end(epoch, logs)
+            per_epoch.append(len(traces) - before)
+            assert 0.0 < logs["val_map"] <= 1.0
+    assert 1 <= per_epoch[0] <= 2 and per_epoch[1:] == [0, 0], per_epoch  # full batches, then the last one
+    assert "retracing" not in caplog.text
+
+
 @pytest.mark.slow
 def test_classifier_on_sketchy_tests_with_item_ids_and_sketch_to_photo(sketchy_32px, tmp_path):
     """skNet trained on Sketchy's sketches and photos: -mode test identifies records by the data set's

@@ -155,11 +155,33 @@ def _jit(run: Run) -> bool:
     return bool(run.train.jit_compile)
 
 
-def embed(network: keras.Model, dataset: tf.data.Dataset, jit_compile: bool = False) -> tuple[np.ndarray, dict]:
+class InferenceSteps:
+    """One compiled inference step per network, kept for reuse: `steps(network)` is a tf.function of
+    images -> float32 outputs (training=False).
+
+    A tf.function made anew for each pass traces anew: two traces per network and pass (the full
+    batches, then the smaller last one), and TensorFlow's retracing warning from the second epoch's
+    validation on. Reused, a network traces twice in all (reduce_retracing relaxes the batch size).
+    """
+
+    def __init__(self, jit_compile: bool = False):
+        self.jit_compile = jit_compile
+        self._steps: dict[int, tuple[keras.Model, tf.types.experimental.GenericFunction]] = {}
+
+    def __call__(self, network: keras.Model) -> tf.types.experimental.GenericFunction:
+        if id(network) not in self._steps:  # the network is kept with its step, so its id stays unique
+            step = tf.function(lambda x: tf.cast(network(x, training=False), tf.float32),
+                               jit_compile=self.jit_compile, reduce_retracing=True)
+            self._steps[id(network)] = (network, step)
+        return self._steps[id(network)][1]
+
+
+def embed(network: keras.Model, dataset: tf.data.Dataset, jit_compile: bool = False,
+          steps: InferenceSteps | None = None) -> tuple[np.ndarray, dict]:
     """`network`'s float32 outputs for every (images, meta dict) batch of `dataset`, in order, and the
-    meta arrays concatenated (strings decoded)."""
-    step = tf.function(lambda x: tf.cast(network(x, training=False), tf.float32), jit_compile=jit_compile,
-                       reduce_retracing=True)
+    meta arrays concatenated (strings decoded). Pass the same `steps` to passes that repeat (each
+    epoch's validation) so that they reuse the traced step."""
+    step = (steps or InferenceSteps(jit_compile))(network)
     features, meta = [], {}
     for images, info in dataset:
         features.append(step(images).numpy())
@@ -200,18 +222,20 @@ def _ids(meta: dict) -> np.ndarray | None:
     return None
 
 
-def embed_split(run: Run, model: keras.Model, split: str) -> Embedded:
+def embed_split(run: Run, model: keras.Model, split: str, steps: InferenceSteps | None = None) -> Embedded:
     """Sketchy: the split's sketches through the sketch branch, its photos through the photo branch.
-    Single-domain data: every drawing of the split through the model's (sketch) network."""
+    Single-domain data: every drawing of the split through the model's (sketch) network. `steps`:
+    the compiled steps to reuse (see InferenceSteps); a fresh set when None."""
     kwargs = dict(image_size=run.model.image_size, channels=run.model.channels)
     batch = run.pipeline.batch_size
+    steps = steps or InferenceSteps(_jit(run))
     if is_cross_domain(run.info):
         queries, gallery = metric_pipelines.query_gallery(run.data_path, split, batch, **kwargs)
-        q, q_meta = embed(embedding.branch(model, "sketch"), queries, _jit(run))
-        g, g_meta = embed(embedding.branch(model, "photo"), gallery, _jit(run))
+        q, q_meta = embed(embedding.branch(model, "sketch"), queries, steps=steps)
+        g, g_meta = embed(embedding.branch(model, "photo"), gallery, steps=steps)
         return Embedded(split, q, q_meta, g, g_meta)
     data = metric_pipelines.domain_dataset(run.data_path, split, None, batch, **kwargs)
-    q, q_meta = embed(embedding.branch(model, "sketch"), data, _jit(run))
+    q, q_meta = embed(embedding.branch(model, "sketch"), data, steps=steps)
     return Embedded(split, q, q_meta)
 
 
@@ -301,16 +325,18 @@ def code_statistics(u: np.ndarray) -> dict:
 
 class RetrievalValidation(keras.callbacks.Callback):
     """Put the test split's retrieval mAP in the epoch logs as `val_map` (leave-one-out or sketch-to-photo;
-    Hamming over codes for deephash), so history, curves and the best model follow retrieval quality."""
+    Hamming over codes for deephash), so history, curves and the best model follow retrieval quality.
+    Every epoch reuses the same compiled inference steps (InferenceSteps)."""
 
     def __init__(self, run: Run, split: str, codes: bool):
         super().__init__()
         self.run, self.split, self.codes = run, split, codes
+        self.steps = InferenceSteps(_jit(run))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        report = retrieval_report(embed_split(self.run, self.model, self.split), self.codes, k=(1,))
+        report = retrieval_report(embed_split(self.run, self.model, self.split, self.steps), self.codes, k=(1,))
         logs["val_map"] = report["map"]
 
 
@@ -442,8 +468,9 @@ class MetricLearningTask(Task):
         splits = [self.test_split] + (["test_unseen"] if run.num_examples("test_unseen") else [])
         codes = self._codes(run)
         report: dict = {}
+        steps = InferenceSteps(_jit(run))
         for split in splits:
-            embedded = embed_split(run, model, split)
+            embedded = embed_split(run, model, split, steps)
             part = retrieval_report(embedded, codes)
             files = self._write_features(run, embedded, codes)
             if codes:
