@@ -419,7 +419,8 @@ def run_cli(argv: list[str], config_cls: type, build_fn, prog: str, report_fn=No
     config = from_flags(config_cls, flag_values)
     try:
         info = build_fn(config)
-    except (ValueError, StrictModeError, builder.BuildError, tfrecords.DatasetInfoError) as e:
+    except (ValueError, OSError, StrictModeError, builder.BuildError, tfrecords.DatasetInfoError) as e:
+        # OSError: an --out that is read-only, a file, on a full disk... (the message names the path)
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{s} {v['num_examples']}" for s, v in info["splits"].items())
