@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_prep.raster import rasterize
-from tests.webapp_fixtures import Server, build_gallery, real_drawings
+from tests.webapp_fixtures import build_gallery, real_drawings
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Flags for a closed network: no background connections, no component updates (env: machines/python.md).
@@ -36,11 +36,12 @@ def browser():
 @pytest.fixture(scope="module")
 def site(trained_bitmap_export, tmp_path_factory):
     from webapp.app import create_app
+    from webapp.server import BackgroundServer
     from webapp.service import open_service
 
     gallery = build_gallery(trained_bitmap_export, tmp_path_factory.mktemp("browser_gallery") / "index")
     service = open_service(str(trained_bitmap_export.export_dir), str(gallery.index_dir))
-    with Server(create_app(service)) as server:
+    with BackgroundServer(create_app(service)) as server:
         yield server, trained_bitmap_export
 
 

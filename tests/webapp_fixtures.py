@@ -1,12 +1,8 @@
-"""What the web app tests share: a served classifier with a real gallery, real drawings, and an
-in-process uvicorn server on a socket bound before it starts (no port race)."""
+"""What the web app tests share: a real gallery for the trained classifier, and real drawings."""
 
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
-import time
 
 import numpy as np
 import orjson
@@ -51,31 +47,3 @@ def real_drawings(fmt: str = "simplified", per_class: int = 3) -> list[tuple[str
                 drawing = orjson.loads(line)["drawing"]
                 out.append((name, [np.asarray(s, np.float64)[:3].T for s in drawing], drawing))
     return out
-
-
-class Server:
-    """uvicorn serving `app` in a thread on 127.0.0.1, on a port bound before the server starts."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()

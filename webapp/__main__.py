@@ -7,7 +7,6 @@ says otherwise; --port 0 picks a free port, and the address is printed on start.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,24 +14,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 import configuration_sketch as cs  # noqa: E402
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def parse_flags(argv: list[str]) -> cs.ServeConfig | int:
@@ -58,12 +39,11 @@ def main(argv: list[str]) -> int:
     config = parse_flags(argv)
     if isinstance(config, int):
         return config
-    import uvicorn
-
     from serving.export import ExportError
     from serving.quiet import stderr_to_log
     from webapp.app import create_app
     from webapp.inputs import Limits
+    from webapp.server import LOOPBACK, listen, server_for
     from webapp.service import open_service
 
     limits = Limits(config.max_body_bytes, config.max_strokes, config.max_points, config.max_image_pixels)
@@ -87,10 +67,7 @@ def main(argv: list[str]) -> int:
     if config.host not in LOOPBACK:
         print(f"webapp: listening on {config.host}: reachable from the network, without TLS or authentication",
               file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(service), log_level="info" if config.verbose else "warning", access_log=config.verbose,
-        limit_concurrency=config.max_concurrency, timeout_keep_alive=5, server_header=False))
-    server.run(sockets=[sock])
+    server_for(create_app(service), verbose=config.verbose, max_concurrency=config.max_concurrency).run(sockets=[sock])
     return 0
 
 
