@@ -39,6 +39,22 @@ def _check_shard_file(data_dir: pathlib.Path, shard: dict[str, Any]) -> pathlib.
     return path
 
 
+def damaged_shard(data_dir: str | os.PathLike, info: dict[str, Any],
+                  first_split: str | None = None) -> str | None:
+    """The first shard whose file is missing or differs from dataset_info.json (size, sha256), as
+    verify would name it; `first_split` is checked first. None when every shard file matches.
+    For a reader that met a corrupt record (tf.errors.DataLossError) and must say which shard."""
+    data_dir = pathlib.Path(data_dir)
+    splits = sorted(info["splits"], key=lambda split: split != first_split)
+    for split in splits:
+        for shard in info["splits"][split]["shards"]:
+            try:
+                _check_shard_file(data_dir, shard)
+            except VerificationError as e:
+                return str(e)
+    return None
+
+
 def _named_classes(parsed: dict[str, Any], specs: dict[str, tfrecords.FeatureSpec],
                    id_feature: str | None) -> list[str] | None:
     """The class each record of a parsed batch names itself: its `word` (Quick, Draw!), else the

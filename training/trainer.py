@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
-from data_prep import tfrecords
+from data_prep import tfrecords, verify
 from serving import tflite
 from training import callbacks as cb
 from training import presets, tasks
@@ -520,10 +520,25 @@ MODES = {"evaluate": evaluate, "test": test, "export": export}
 def run_mode(configs: Mapping[type, Any], explicit: set[str]) -> dict:
     """Run the mode of TrainConfig: check everything, build the strategy (train), run."""
     run, task = prepare_run(configs, explicit)  # reads JSON only: TensorFlow's runtime has not started
-    if run.train.mode == "train":
-        # Logical CPU devices must be set before the runtime starts, so the strategy comes first.
-        return train(run, task, make_strategy(run.train.strategy, run.train.cpu_devices))
-    return MODES[run.train.mode](run, task)
+    try:
+        if run.train.mode == "train":
+            # Logical CPU devices must be set before the runtime starts, so the strategy comes first.
+            return train(run, task, make_strategy(run.train.strategy, run.train.cpu_devices))
+        return MODES[run.train.mode](run, task)
+    except tf.errors.DataLossError as e:  # a corrupt record, met mid-fit or mid-evaluation
+        raise ToolError(data_loss_message(run.data_path, run.info, task.train_split, e)) from None
+
+
+def data_loss_message(data_path: str, info: dict, first_split: str, error: Exception) -> str:
+    """One line for a DataLossError: the damaged shard (checked against dataset_info.json) and what to do."""
+    lines = (getattr(error, "message", "") or str(error)).splitlines() or [type(error).__name__]
+    # Graph-mode messages open with "Graph execution error:" and the node; the cause is the first plain line.
+    tf_message = next((line for line in lines if line.strip() and not line[0].isspace() and not line.startswith(
+        ("Graph execution error", "Detected at node", "<stack traces"))), lines[0])
+    damaged = verify.damaged_shard(data_path, info, first_split)
+    where = damaged or "every shard file matches dataset_info.json, so the damage is elsewhere (a checkpoint?)"
+    return (f"TensorFlow met corrupt data ({tf_message}) in -data_path {data_path!r}: {where}. Run "
+            f"`python -m data_prep.verify {data_path}` to check the whole data set, then rebuild it.")
 
 
 def resolve(preset: str, command_line: Mapping[str, Any]) -> tuple[dict[type, Any], set[str]]:
