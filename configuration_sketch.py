@@ -59,6 +59,8 @@ class QuickDrawBuildConfig:
     seed: int = field(0, "Seed for the category choice and the train/test split.")
     recognized_only: bool = field(False, "Keep only drawings the game recognized.")
     strict: bool = field(False, "Stop at the first bad record instead of counting a skip.")
+    allow_empty_classes: bool = field(
+        False, "Build even when a class has 0 examples in a split it should have (listed in shortfalls).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +210,8 @@ class SketchyBuildConfig:
     workers: int = field(2, "Worker processes.")
     seed: int = field(0, "Seed of the train/test split and of the unseen-class choice.")
     strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
+    allow_empty_classes: bool = field(
+        False, "Build even when a class has 0 examples in a split it should have (listed in shortfalls).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +232,8 @@ class ImageFolderBuildConfig:
     workers: int = field(2, "Worker processes.")
     seed: int = field(0, "Seed of the train/test split.")
     strict: bool = field(False, "Stop at the first bad file instead of counting a skip.")
+    allow_empty_classes: bool = field(
+        False, "Build even when a class has 0 examples in a split it should have (listed in shortfalls).")
 
 
 @dataclasses.dataclass(frozen=True)
