@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 
-import faiss
 import numpy as np
+
+# faiss's loader logs at INFO on every start, naming the AVX2 build it could not load (a ModuleNotFoundError
+# that is not an error); under absl's handler those lines reached every `index` and `lookup` user.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 APPROXIMATE = ("none", "ivf", "hnsw")
 INDEX_FILE = "index.faiss"

@@ -272,3 +272,18 @@ def test_index_a_data_set_split_with_drawing_thumbnails(trained_bitmap_export, q
     with pytest.raises(ValueError, match="one of --images"):
         cli.run_index(cs.EvalConfig(model=str(trained_bitmap_export.export_dir), data_path=str(quickdraw_28px),
                                     images=str(tmp_path)))
+
+
+def test_index_and_lookup_errors_are_one_line_without_library_noise(tmp_path):
+    """A bad --model is one line on stderr: no faiss loader lines, no TensorFlow start-up lines."""
+    import subprocess
+    import sys
+
+    for command in ("index", "lookup"):
+        result = subprocess.run([sys.executable, "evaluate_similarity_lookup.py", command, "--model",
+                                 str(tmp_path / "missing"), "--images", str(tmp_path), "--query", str(tmp_path)],
+                                cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "missing" in lines[0], result.stderr
