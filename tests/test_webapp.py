@@ -261,3 +261,32 @@ def test_cli_serves_on_the_port_it_prints(trained_bitmap_export, tmp_path):
         server.terminate()
         server.wait(20)
     assert server.stderr.read().strip() == ""  # quiet by default: no TensorFlow or uvicorn lines
+
+
+def test_a_stalled_client_and_parallel_requests_leave_no_worker_stuck(served):
+    """A client that sends half a body and waits holds no worker: requests in parallel are all answered,
+    each as alone."""
+    import concurrent.futures
+    import socket
+    import urllib.request
+
+    from webapp.server import BackgroundServer
+
+    client, _, _ = served
+    drawings = [d for _, _, d in real_drawings(per_class=2)]
+    alone = [client.post("/api/classify", json={"drawing": d}).json()["classes"] for d in drawings]
+    with BackgroundServer(client.app) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100000\r\n\r\n{\"drawing\": [[[1, 2")
+
+        def classify(drawing):
+            request = urllib.request.Request(server.url + "/api/classify", data=json.dumps({"drawing": drawing}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(request, timeout=60).read())["classes"]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(classify, drawings))
+        stalled.close()
+    assert together == alone

@@ -106,8 +106,10 @@ def create_app(service: SketchService) -> FastAPI:
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     async def model_input(request: Request):
-        """The body as a ModelInput; the model's work then runs in the thread pool, off the event loop."""
-        return parse_body(request.headers.get("content-type"), await request.body(), service.limits)
+        """The body as a ModelInput, parsed (and an image's header read) in the thread pool, as the
+        model's work then is: nothing slow runs on the event loop."""
+        body = await request.body()
+        return await run_in_threadpool(parse_body, request.headers.get("content-type"), body, service.limits)
 
     @app.post("/api/classify", summary="Top classes of a drawing (strokes JSON) or an image")
     async def classify(request: Request):
