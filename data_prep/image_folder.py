@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from configuration_sketch import ImageFolderBuildConfig
-from data_prep import builder, tfrecords
+from data_prep import builder, quickdraw, shortfalls, tfrecords
 from data_prep.skips import BadRecord, SkipCounter, StrictModeError, path_problem
 
 DOMAINS = ("sketch", "photo")  # a record's domain_id is the index here
@@ -244,8 +244,11 @@ class UnitRecords:
 
     def add(self, split: str, category: str, domain: str, record: bytes) -> None:
         self.records[split].append(record)
-        counts = self.per_class_domain.setdefault(category, {s: {d: 0 for d in DOMAINS} for s in self.splits})
-        counts[split][domain] += 1
+        self.counts(category)[split][domain] += 1
+
+    def counts(self, category: str) -> dict[str, dict[str, int]]:
+        """The counts of `category` (all 0 at first, so that a class with no record is still listed)."""
+        return self.per_class_domain.setdefault(category, {s: {d: 0 for d in DOMAINS} for s in self.splits})
 
     def result(self, staging: dict[str, pathlib.Path], read: int, skips: SkipCounter,
                sources: list[dict], **extra: Any) -> dict[str, Any]:
@@ -278,8 +281,21 @@ def skip_files_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     """A unit of files that cannot be used at all (outside any category): each is a counted skip."""
     skips = SkipCounter(strict=unit["strict"])
     for path in unit["files"]:
-        skips.skip(unit["reason"], path)
+        skips.skip(unit["reason"], path, unit.get("detail", ""))
     return UnitRecords(list(staging)).result(staging, len(unit["files"]), skips, [])
+
+
+UNSAFE_NAME_RULE = ("a class name must be a plain name: no path separators, ':', '..', leading dot, control "
+                    "characters (newline, tab) or leading/trailing spaces (the rule of Quick, Draw! file names)")
+
+
+def safe_category_name(name: str) -> bool:
+    """Whether a folder name can be a class name (data_prep.quickdraw.category_name's rule)."""
+    try:
+        quickdraw.category_name(name, ())
+    except BadRecord:
+        return False
+    return True
 
 
 def list_categories(root: pathlib.Path) -> tuple[dict[str, pathlib.Path], list[pathlib.Path], list[str]]:
@@ -307,6 +323,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     category, domain = unit["category"], unit["domain"]
     specs = feature_specs(unit["image_size"], unit["channels"], unit["encoding"])
     out = UnitRecords(list(staging))
+    out.counts(category)
     digest = FolderDigest(category, folder.relative_to(source).as_posix())
     entries = sorted(folder.iterdir())
     images = []
@@ -354,6 +371,7 @@ def build(config: ImageFolderBuildConfig, progress: bool = True) -> dict[str, An
         raise ValueError(f"Invalid value for --domain: {config.domain!r}. Expected 'sketch' or 'photo'.")
     source = pathlib.Path(config.source).resolve()
     folders, loose, hidden = list_categories(source)
+    unsafe = {name: folders.pop(name) for name in list(folders) if not safe_category_name(name)}
     if not folders:
         raise ValueError(f"Invalid value for --source: {str(source)!r} holds no category folder "
                          "(expected <root>/<category>/<image>).")
@@ -367,8 +385,14 @@ def build(config: ImageFolderBuildConfig, progress: bool = True) -> dict[str, An
     if loose:
         units.append({"strict": config.strict, "reason": "outside_category_folder",
                       "files": [p.relative_to(source).as_posix() for p in loose]})
-    build_args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "out", "strict")}
+    for name, folder in unsafe.items():  # every file counted; an empty folder once
+        files = [repr(p.relative_to(source).as_posix()) for p in sorted(folder.iterdir())] or [repr(f"{name}/")]
+        units.append({"strict": config.strict, "reason": "bad_category_name", "files": files,
+                      "detail": f"folder {name!r}: {UNSAFE_NAME_RULE}"})
+    build_args = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("workers", "out", "strict", "allow_empty_classes")}
     build_args["source"] = str(source)
+    wanted = {c: {"train": 1, "test": int(config.test_fraction > 0)} for c in classes}
     info = {
         "name": "image_folder",
         "description": f"Labelled image folder {source.name}/ ({config.domain}s) at {config.image_size}x"
@@ -384,7 +408,8 @@ def build(config: ImageFolderBuildConfig, progress: bool = True) -> dict[str, An
     return builder.run_build(config.out, units=units, unit_fn=build_unit, splits=SPLITS,
                              num_shards=config.shards, workers=config.workers, build_args=build_args,
                              info=info, progress=progress,
-                             summarize=lambda results: summarize_domains(results, SPLITS))
+                             summarize=shortfalls.summarizer(wanted, classes, SPLITS, config.allow_empty_classes,
+                                                             lambda results: summarize_domains(results, SPLITS)))
 
 
 def skip_report(info: dict[str, Any]) -> str:
@@ -424,7 +449,9 @@ def run_cli(argv: list[str], config_cls: type, build_fn, prog: str, report_fn=No
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{s} {v['num_examples']}" for s, v in info["splits"].items())
-    print(f"wrote {config.out}: {len(info['classes'])} classes; {counts}; {skip_report(info)}")
+    short = shortfalls.summary(info.get("shortfalls", []))
+    print(f"wrote {config.out}: {len(info['classes'])} classes; {counts}; {skip_report(info)}"
+          + (f"; {short}" if short else ""))
     for line in report_fn(info) if report_fn else []:
         print(line)
     return 0

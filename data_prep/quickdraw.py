@@ -46,7 +46,7 @@ import orjson
 
 from data_prep.drawing import Drawing
 from data_prep.safe_npz import UnsafePickleError, load_npz_restricted
-from data_prep.skips import BadRecord, SkipCounter
+from data_prep.skips import BadRecord, SkipCounter, path_problem
 
 __all__ = [
     "Drawing",
@@ -429,12 +429,14 @@ def read_drawings(
     return _READERS[fmt](path, SkipCounter() if skips is None else skips, recognized_only)
 
 
-def source_files(source_dir: str | os.PathLike, fmt: str) -> dict[str, pathlib.Path]:
+def source_files(source_dir: str | os.PathLike, fmt: str, skips: SkipCounter | None = None) -> dict[str, pathlib.Path]:
     """Map category -> file for every `fmt` file in `source_dir` (not recursive), sorted by category.
 
     Raises FileNotFoundError for a missing folder or one without any such file, ValueError when two
-    files give the same category (e.g. cat.ndjson and cat.ndjson.gz), BadRecord for an unsafe name.
-    Hidden files (leading dot) are ignored.
+    files give the same category (e.g. cat.ndjson and cat.ndjson.gz). An entry named like a source
+    file that cannot be one (an unsafe category name: 'bad_category_name'; a folder, pipe or device:
+    'not_a_file'; a symbolic-link loop or a link to nothing: 'broken_link') is counted in `skips`
+    and left out, or raises BadRecord without `skips`. Hidden files (leading dot) are ignored.
     """
     _check_format(fmt)
     folder = pathlib.Path(source_dir)
@@ -443,9 +445,18 @@ def source_files(source_dir: str | os.PathLike, fmt: str) -> dict[str, pathlib.P
     suffixes = EXTENSIONS[fmt]
     found: dict[str, pathlib.Path] = {}
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.name.endswith(suffixes) or not entry.is_file():
+        if entry.name.startswith(".") or not entry.name.endswith(suffixes):
             continue
-        category = category_name(entry, suffixes)
+        try:
+            problem = path_problem(entry)
+            if problem:
+                raise BadRecord(*problem)
+            category = category_name(entry, suffixes)
+        except BadRecord as e:
+            if skips is None:
+                raise
+            skips.skip(e.reason, str(entry), e.detail)
+            continue
         if category in found:
             raise ValueError(f"Two files for category {category!r} in {folder}: {found[category].name!r} and {entry.name!r}.")
         found[category] = entry
@@ -495,7 +506,7 @@ def _category_names(spec: str) -> list[str]:
 
 def _build(FLAGS) -> int:
     from configuration_sketch import QuickDrawBuildConfig, RasterConfig, from_flags
-    from data_prep import builder, quickdraw_build, tfrecords
+    from data_prep import builder, quickdraw_build, shortfalls, tfrecords
     from data_prep.skips import StrictModeError
 
     if not FLAGS.source:
@@ -508,9 +519,10 @@ def _build(FLAGS) -> int:
     splits = ", ".join(f"{s['num_examples']} {split}" for split, s in info["splits"].items())
     records = info["records"]
     skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].items())
+    short = shortfalls.summary(info.get("shortfalls", []))
     print(f"built {splits} records of {len(info['classes'])} classes in {config.out}; "
           f"read {records['read']}, skipped {records['skipped']}" + (f" ({skipped})" if skipped else "")
-          + f", over quota {records['over_quota']}")
+          + f", over quota {records['over_quota']}" + (f"; {short}" if short else ""))
     return 0
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig
-from data_prep import builder, quickdraw, raster, tfrecords
+from data_prep import builder, quickdraw, raster, shortfalls, tfrecords
 from data_prep.drawing import Drawing
 from data_prep.skips import BadRecord, SkipCounter
 
@@ -124,8 +124,18 @@ def _record_values(drawing: Drawing, image: np.ndarray, label: int) -> dict[str,
     }
 
 
+def skipped_entries_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
+    """The source entries that are no category (unsafe names, folders, broken links): counted skips."""
+    for path_out in staging.values():
+        tfrecords.write_records(path_out, [])
+    return {"read": sum(unit["skipped"].values()), "written": {split: 0 for split in staging}, "per_class": {},
+            "skipped": unit["skipped"], "skip_examples": unit["skip_examples"], "over_quota": 0, "sources": []}
+
+
 def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     """Read, select, render and stage one category. Runs in a worker process."""
+    if "skip_examples" in unit:
+        return skipped_entries_unit(unit, staging)
     settings = RasterConfig(**unit["raster"])
     channels = 3 if settings.time_channels else 1
     specs = feature_specs(settings.image_size, channels)
@@ -178,7 +188,8 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
     for name in ("train_per_class", "test_per_class", "shards", "workers"):
         if getattr(config, name) < (1 if name in ("shards", "workers") else 0):
             raise ValueError(f"Invalid value for --{name}: {getattr(config, name)}.")
-    files = quickdraw.source_files(config.source, config.format)
+    source_skips = SkipCounter(strict=config.strict)
+    files = quickdraw.source_files(config.source, config.format, source_skips)
     categories = select_categories(list(files), config.categories, config.seed)
     splits = SPLITS_BY_FORMAT[config.format]
     quotas = {"train": config.train_per_class, "test": config.test_per_class}
@@ -189,7 +200,10 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
               "quotas": quotas, "seed": config.seed, "recognized_only": config.recognized_only,
               "strict": config.strict, "raster": raster_settings}
              for i, c in enumerate(categories)]
-    build_args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "out", "strict")}
+    if source_skips.total:
+        units.append({"skipped": source_skips.as_dict(), "skip_examples": dict(source_skips.examples)})
+    build_args = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("workers", "out", "strict", "allow_empty_classes")}
     build_args["source"] = str(pathlib.Path(config.source).resolve())
     build_args["raster"] = raster_settings
     channels = 3 if settings.time_channels else 1
@@ -203,6 +217,8 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
         "raster": raster_settings,
         "source_format": config.format,
     }
+    wanted = {c: dict(quotas) for c in categories}
     return builder.run_build(config.out, units=units, unit_fn=build_unit, splits=splits,
                              num_shards=config.shards, workers=config.workers, build_args=build_args,
-                             info=info, progress=progress)
+                             info=info, progress=progress,
+                             summarize=shortfalls.summarizer(wanted, categories, splits, config.allow_empty_classes))

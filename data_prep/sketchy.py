@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 from configuration_sketch import SketchyBuildConfig
-from data_prep import builder, image_folder
+from data_prep import builder, image_folder, shortfalls
 from data_prep.image_folder import (FolderDigest, UnitRecords, feature_specs, file_problem, read_file,
                                     record_bytes, stored_image, test_items)
 from data_prep.skips import BadRecord, SkipCounter
@@ -205,6 +205,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     photo_dir, sketch_dir = pathlib.Path(unit["photo_dir"]), pathlib.Path(unit["sketch_dir"])
     specs = feature_specs(unit["image_size"], 3, unit["encoding"])
     out = UnitRecords(list(staging))
+    out.counts(category)
     photos, photos_read = _scan_photos(photo_dir, source, skips)
     sketches, sketches_read = _scan_sketches(sketch_dir, source, photos, skips)
     sketched = {stem for _, stem in sketches}
@@ -278,10 +279,8 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
         roots[tree], variants[tree] = tree_root(source, tree, getattr(config, f"{tree}_variant"))
     names = {tree: sorted(p.name for p in roots[tree].iterdir() if p.is_dir() and not p.name.startswith("."))
              for tree in TREES}
-    for tree in TREES:
-        unsafe = [n for n in names[tree] if _UNSAFE_NAME.search(n)]
-        if unsafe:
-            raise ValueError(f"Unusable category folder names in the {tree} tree: {unsafe}.")
+    unsafe = {tree: [n for n in names[tree] if _UNSAFE_NAME.search(n)] for tree in TREES}
+    names = {tree: [n for n in names[tree] if n not in unsafe[tree]] for tree in TREES}
     categories = reconcile_categories(names["photo"], names["sketch"])
     if not categories.folders:
         raise ValueError(f"Invalid value for --source: no category of {str(source)!r} has both photos and "
@@ -301,12 +300,20 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
         for folder in only:
             units.append({"strict": config.strict, "reason": f"category_only_in_{tree}_tree",
                           "files": _loose_files(roots[tree] / folder, source)})
+        for folder in unsafe[tree]:  # every file counted; an empty folder once
+            files = [repr(f) for f in _loose_files(roots[tree] / folder, source)]
+            units.append({"strict": config.strict, "reason": "bad_category_name",
+                          "files": files or [repr((roots[tree] / folder).relative_to(source).as_posix() + "/")],
+                          "detail": f"folder {folder!r}: a backslash, NUL or '.'/'..' cannot be part of a class name"})
         loose = _loose_files(roots[tree], source)
         if loose:
             units.append({"strict": config.strict, "reason": "outside_category_folder", "files": loose})
-    build_args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "out", "strict")}
+    build_args = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("workers", "out", "strict", "allow_empty_classes")}
     build_args["source"] = str(source)
     build_args["variants"] = variants
+    wanted = {c: ({"test_unseen": 1} if c in unseen else {"train": 1, "test": int(config.test_fraction > 0)})
+              for c in classes}
     info = {
         "name": "sketchy",
         "description": f"The Sketchy database: photos (colour) and the sketches drawn from them, {config.image_size}"
@@ -327,7 +334,9 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
     }
     return builder.run_build(config.out, units=units, unit_fn=build_unit, splits=splits,
                              num_shards=config.shards, workers=config.workers, build_args=build_args,
-                             info=info, progress=progress, summarize=lambda r: summarize(r, splits))
+                             info=info, progress=progress,
+                             summarize=shortfalls.summarizer(wanted, classes, splits, config.allow_empty_classes,
+                                                             lambda r: summarize(r, splits)))
 
 
 def report_lines(info: dict[str, Any]) -> list[str]:

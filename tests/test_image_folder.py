@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configuration_sketch import ImageFolderBuildConfig
-from data_prep import image_folder, tfrecords, verify
+from data_prep import builder, image_folder, tfrecords, verify
 from data_prep.pipeline import load_split, parse_batch
 from data_prep.skips import BadRecord, StrictModeError
 
@@ -247,3 +247,51 @@ def test_links_and_random_bytes_are_named_for_what_they_are(sketchy_dir, tmp_pat
     (root / "cat" / "gone.png").unlink()
     with pytest.raises(StrictModeError, match=r"^cat/loop.png: broken_link \(a symbolic link loop\)$"):
         build(root, tmp_path / "strict", test_fraction=0.0, strict=True)
+
+
+# --------------------------------------------------------------------------- short and empty classes, unsafe names
+
+
+def test_empty_classes_are_refused_and_short_ones_reported(sketchy_dir, tmp_path, capsys):
+    """An empty class folder, and a class of 2 images whose 20% test share rounds to 0, stop the build
+    naming both; --allow_empty_classes builds and lists them in `shortfalls` and the summary line."""
+    root = tmp_path / "tree"
+    reals = sorted((sketchy_dir / "sketch" / "cat").glob("*.png"))
+    for category, n in (("cat", 10), ("dog", 2), ("owl", 0)):
+        (root / category).mkdir(parents=True)
+        for k in range(n):
+            (root / category / f"{k}.png").symlink_to(reals[k])
+    with pytest.raises(builder.BuildError, match=r"3 class/split pair\(s\) have 0 examples: 'dog' in test, 'owl' in "
+                                                r"train, 'owl' in test .*--allow_empty_classes"):
+        build(root, tmp_path / "out")
+    argv = ["image_folder", "build", "--source", str(root), "--out", str(tmp_path / "cli"), "--workers", "1",
+            "--image_size", "16"]
+    assert image_folder.main(argv) == 1
+    assert "--allow_empty_classes" in capsys.readouterr().err
+    assert image_folder.main(argv + ["--allow_empty_classes"]) == 0
+    line = capsys.readouterr().out
+    assert "short: dog test 0/1, owl train 0/1, owl test 0/1" in line
+    info = tfrecords.read_dataset_info(tmp_path / "cli")
+    assert info["shortfalls"] == [{"class": "dog", "split": "test", "examples": 0, "wanted": 1},
+                                  {"class": "owl", "split": "train", "examples": 0, "wanted": 1},
+                                  {"class": "owl", "split": "test", "examples": 0, "wanted": 1}]
+    # round(0.2 * 10) = 2 test images of cat; dog's 2 images both train.
+    assert info["splits"]["test"]["per_class"] == {"cat": 2, "dog": 0, "owl": 0}
+    assert info["splits"]["train"]["per_class"] == {"cat": 8, "dog": 2, "owl": 0}
+
+
+def test_unsafe_class_folder_names_are_counted_skips(sketchy_dir, tmp_path):
+    """Folders named ' cat' (leading space), 'ca\\nt' (a newline) or 'a:b' are not classes: their files
+    are counted skips (bad_category_name) and the build goes on with the others."""
+    root = make_tree(sketchy_dir, tmp_path / "tu", bad=False)
+    real = real_sketch(sketchy_dir)
+    for name in (" cat", "ca\nt", "a:b"):
+        (root / name).mkdir()
+        (root / name / "1.png").symlink_to(real)
+    (root / "ca\nt" / "2.png").symlink_to(real)
+    info = build(root, tmp_path / "out")
+    assert info["classes"] == CATS
+    assert info["skipped"] == {"bad_category_name": 4}
+    assert info["records"] == {"read": 4 * PER_CLASS + 4, "written": 4 * PER_CLASS, "skipped": 4, "over_quota": 0}
+    assert all("\n" not in message for message in info["skip_examples"].values()), "one-line messages"
+    assert info["skip_examples"]["bad_category_name"].startswith("' cat/1.png': bad_category_name (folder ' cat'")

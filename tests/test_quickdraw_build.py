@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig
-from data_prep import quickdraw, quickdraw_build, raster, tfrecords, verify
+from data_prep import builder, quickdraw, quickdraw_build, raster, tfrecords, verify
 from data_prep.pipeline import load_split, parse_batch
 from tests.conftest import ROOT
 
@@ -127,9 +127,13 @@ def test_bitmap_format_resizes_and_keys_by_index(tmp_path, quickdraw_dir):
         np.save(source / f"{category}.npy", raster.rasterize_many([d.strokes for d in drawings], 28)
                 .reshape(len(drawings), 784))
     np.save(source / "broken.npy", np.zeros((3, 100), np.uint8))
-    info = build(source, tmp_path / "out", fmt="bitmap", categories="airplane,broken,cat", image_size=56)
+    with pytest.raises(builder.BuildError, match=r"'broken' in train, 'broken' in test .*--allow_empty_classes"):
+        build(source, tmp_path / "out", fmt="bitmap", categories="airplane,broken,cat", image_size=56)
+    info = build(source, tmp_path / "out", fmt="bitmap", categories="airplane,broken,cat", image_size=56,
+                 allow_empty_classes=True)
     assert info["skipped"].get("bad_npy_shape", 0) >= 1
     assert info["splits"]["train"]["per_class"]["broken"] == 0
+    assert {"class": "broken", "split": "train", "examples": 0, "wanted": 15} in info["shortfalls"]
     _, records = all_records(tmp_path / "out")
     assert all(key.split("/")[0] in ("cat", "airplane") for key in records)
     assert next(iter(records.values()))["image"].shape == (56, 56, 1)
@@ -245,3 +249,47 @@ def test_cli_build_then_verify_and_clear_errors(tmp_path, quickdraw_dir):
                "--out", str(tmp_path / "x"), *args]
         result = subprocess.run(bad, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_short_and_empty_classes_and_entries_that_are_no_category(tmp_path, quickdraw_dir):
+    """Quotas of 1000 + 100 on the 25-drawing real files fall short, a 0-byte file gives an empty class
+    (refused unless --allow_empty_classes), and 'a:b.ndjson' or a folder named 'dog.ndjson' in --source
+    are counted skips that do not stop the build."""
+    import hashlib
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("airplane", "cat"):
+        (source / f"{name}.ndjson").symlink_to(quickdraw_dir / "simplified" / f"{name}.ndjson")
+    (source / "a:b.ndjson").symlink_to(quickdraw_dir / "simplified" / "bee.ndjson")
+    (source / "dog.ndjson").mkdir()
+    (source / "empty.ndjson").write_bytes(b"")
+    args = dict(categories="airplane,cat,empty", train_per_class=1000, test_per_class=100)
+    # Expected counts from the README's rule: test when blake2b-64("seed:key_id") / 2**64 < 100 / 1100.
+    expected = {"airplane": {"train": 0, "test": 0}, "cat": {"train": 0, "test": 0}, "empty": {"train": 0, "test": 0}}
+    for name in ("airplane", "cat"):
+        for line in (quickdraw_dir / "simplified" / f"{name}.ndjson").read_bytes().splitlines():
+            digest = hashlib.blake2b(f"0:{orjson.loads(line)['key_id']}".encode(), digest_size=8).digest()
+            expected[name]["test" if int.from_bytes(digest, "big") / 2**64 < 100 / 1100 else "train"] += 1
+    empty = [f"'{c}' in {s}" for c in expected for s in ("train", "test") if expected[c][s] == 0]
+    assert "'airplane' in test" in empty, "the hash split leaves airplane (25 drawings) no test drawing"
+    with pytest.raises(builder.BuildError, match=f"{len(empty)} class/split pair\\(s\\) have 0 examples: "
+                                                 f"{', '.join(empty)} .*--allow_empty_classes"):
+        build(source, tmp_path / "out", **args)
+    info = build(source, tmp_path / "out", allow_empty_classes=True, **args)
+    assert {c: {s: info["splits"][s]["per_class"][c] for s in ("train", "test")} for c in expected} == expected
+    assert info["shortfalls"] == [{"class": c, "split": s, "examples": expected[c][s], "wanted": q}
+                                  for c in ("airplane", "cat", "empty") for s, q in (("train", 1000), ("test", 100))]
+    assert info["skipped"] == {"bad_category_name": 1, "not_a_file": 1}
+    assert info["records"] == {"read": 50 + 2, "written": 50, "skipped": 2, "over_quota": 0}
+    assert "a:b.ndjson" in info["skip_examples"]["bad_category_name"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "data_prep.quickdraw", "build", "--source", str(source), "--format", "simplified",
+               "--categories", "airplane,cat,empty", "--out", str(tmp_path / "cli"), "--workers", "1",
+               "--train_per_class", "1000", "--test_per_class", "100", "--allow_empty_classes"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (f"short: airplane train {expected['airplane']['train']}/1000, airplane test "
+            f"{expected['airplane']['test']}/100, cat train") in result.stdout
+    assert "and 1 more (dataset_info.json: shortfalls)" in result.stdout
+    assert "skipped 2 (bad_category_name=1, not_a_file=1)" in result.stdout

@@ -579,3 +579,23 @@ def qd_bitmap_file() -> pathlib.Path:
     from tests.conftest import BITMAP
 
     return BITMAP / "clock.npy"
+
+
+def test_source_entries_that_are_no_category_are_counted_with_a_counter(tmp_path, quickdraw_dir):
+    """An unsafe name ('a:b', a leading space, a newline), a folder named like a source file and a
+    broken link are counted skips when a SkipCounter is given (left out), errors without one."""
+    real = (quickdraw_dir / "simplified" / "cat.ndjson").read_bytes()
+    (tmp_path / "cat.ndjson").write_bytes(real)
+    for name in ("a:b.ndjson", " dog.ndjson", "ca\nt.ndjson"):
+        (tmp_path / name).write_bytes(real)
+    (tmp_path / "dog.ndjson").mkdir()
+    (tmp_path / "owl.ndjson").symlink_to(tmp_path / "owl.ndjson")
+    skips = SkipCounter()
+    assert qd.source_files(tmp_path, "simplified", skips) == {"cat": tmp_path / "cat.ndjson"}
+    assert skips.as_dict() == {"bad_category_name": 3, "broken_link": 1, "not_a_file": 1}
+    assert skips.examples["not_a_file"] == f"{tmp_path / 'dog.ndjson'}: not_a_file (a folder)"
+    assert skips.examples["broken_link"] == f"{tmp_path / 'owl.ndjson'}: broken_link (a symbolic link loop)"
+    with pytest.raises(BadRecord):
+        qd.source_files(tmp_path, "simplified")
+    with pytest.raises(StrictModeError, match="bad_category_name"):
+        qd.source_files(tmp_path, "simplified", SkipCounter(strict=True))

@@ -350,3 +350,36 @@ def test_16_bit_photo_and_exif_turned_sketch_are_stored_as_seen(sketchy_dir, tmp
     rows = {r["domain"]: r for r in read_split(tmp_path / "out", "train", images=True)}
     np.testing.assert_array_equal(rows["photo"]["image"], np.repeat(grey[..., None], 3, axis=2))
     np.testing.assert_array_equal(rows["sketch"]["image"], np.rot90(np.asarray(sketch), k=-1))
+
+
+def test_a_class_left_without_test_photos_is_refused_then_reported(sketchy_dir, tmp_path, capsys):
+    """'dog' with one sketched photo: 20% of 1 rounds to 0, so dog has no test example; the build stops
+    naming it, and --allow_empty_classes builds it with the shortfall listed."""
+    source = link_tree(sketchy_dir, tmp_path / "src", {"cat": "cat"}, {"cat": "cat"})
+    real = sorted((sketchy_dir / "sketch" / "dog").glob("*.png"))[0]
+    stem = real.stem.rsplit("-", 1)[0]
+    for tree, name in (("photo", f"{stem}.jpg"), ("sketch", real.name)):
+        (source / tree / "dog").mkdir()
+        (source / tree / "dog" / name).symlink_to(sketchy_dir / tree / "dog" / name)
+    argv = ["sketchy", "build", "--source", str(source), "--out", str(tmp_path / "out"), "--image_size", "16",
+            "--workers", "1"]
+    assert sketchy.main(argv) == 1
+    assert "1 class/split pair(s) have 0 examples: 'dog' in test" in capsys.readouterr().err
+    assert sketchy.main(argv + ["--allow_empty_classes"]) == 0
+    assert "short: dog test 0/1" in capsys.readouterr().out
+    info = tfrecords.read_dataset_info(tmp_path / "out")
+    assert info["shortfalls"] == [{"class": "dog", "split": "test", "examples": 0, "wanted": 1}]
+    assert info["splits"]["train"]["per_class"]["dog"] == 2, "its photo and its sketch"
+    assert info["per_class_domain"]["test"]["cat"]["photo"] == 5, "20% of cat's 25 photos"
+
+
+def test_class_folder_names_are_normalised_or_counted_skips(sketchy_dir, tmp_path):
+    """Names with a leading space or a newline become the spelling key ('cat', 'do_g'); a backslash
+    cannot be in a class name: that folder's files are counted skips and the build goes on."""
+    source = link_tree(sketchy_dir, tmp_path / "src", {" cat": "cat", "do\ng": "dog", "ow\\l": "owl"},
+                       {" cat": "cat", "do\ng": "dog", "ow\\l": "owl"})
+    info = build(source, tmp_path / "out")
+    assert info["classes"] == ["cat", "do_g"]
+    assert info["skipped"] == {"bad_category_name": 50}
+    assert info["records"] == {"read": 150, "written": 100, "skipped": 50, "over_quota": 0}
+    assert info["skip_examples"]["bad_category_name"].startswith("'photo/ow\\\\l/")
