@@ -8,6 +8,7 @@ metadata is the flag's help. Modules read a config object, never a flag directly
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from typing import Any
 

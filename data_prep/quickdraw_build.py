@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import pathlib
 import random
-import re
 from typing import Any
 
 import cv2
@@ -21,6 +20,7 @@ import numpy as np
 
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig
 from data_prep import builder, quickdraw, raster, shortfalls, tfrecords
+from data_prep.categories import NAME_RULE, is_safe_name, parse_list
 from data_prep.drawing import Drawing
 from data_prep.skips import BadRecord, SkipCounter
 
@@ -30,7 +30,6 @@ SPLITS_BY_FORMAT = {
     "bitmap": ["train", "test"],
     "sketchrnn": ["train", "valid", "test"],
 }
-_UNSAFE_NAME = re.compile(r"[/\\\x00]|^\.\.?$")
 
 
 def split_of(key_id: str, seed: int, test_fraction: float) -> str:
@@ -46,25 +45,18 @@ def select_categories(available: list[str], spec: str, seed: int) -> list[str]:
     spec: 'all'; 'N' (N distinct categories chosen without replacement, seeded, then sorted);
     'name,name,...' (that order); '@file.txt' (one name a line, that order).
     """
-    spec = spec.strip()
-    if spec == "all":
+    if spec.strip() == "all":
         return sorted(available)
-    if spec.isdigit():
-        n = int(spec)
+    names = parse_list(spec, "--categories")
+    if isinstance(names, int):
+        n = names
         if not 1 <= n <= len(available):
             raise ValueError(f"Invalid value for --categories: {n}. Expected 1..{len(available)} "
                              "(the number of category files in --source).")
         return sorted(random.Random(seed).sample(sorted(available), n))
-    if spec.startswith("@"):
-        path = pathlib.Path(spec[1:])
-        if not path.is_file():
-            raise ValueError(f"Category list file {str(path)!r} not found.")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        names = [name.strip() for name in spec.split(",") if name.strip()]
     for name in names:
-        if _UNSAFE_NAME.search(name):
-            raise ValueError(f"Invalid category name {name!r}: path separators and '..' are not allowed.")
+        if not is_safe_name(name):
+            raise ValueError(f"Invalid category name {name!r}: {NAME_RULE}.")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"Categories listed twice: {', '.join(duplicates)}.")
@@ -142,7 +134,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     skips = SkipCounter(strict=unit["strict"])
     quotas = dict(unit["quotas"])
     own_split = unit["format"] == "sketchrnn"
-    test_fraction = quotas["test"] / max(1, quotas["train"] + quotas["test"])
+    test_fraction = unit["test_fraction"] or quotas["test"] / max(1, quotas["train"] + quotas["test"])
     records: dict[str, list[bytes]] = {split: [] for split in quotas}
     read = over_quota = 0
     seen_keys: set[str] = set()
@@ -188,6 +180,9 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
     for name in ("train_per_class", "test_per_class", "shards", "workers"):
         if getattr(config, name) < (1 if name in ("shards", "workers") else 0):
             raise ValueError(f"Invalid value for --{name}: {getattr(config, name)}.")
+    if not 0.0 <= config.test_fraction < 1.0:
+        raise ValueError(f"Invalid value for --test_fraction: {config.test_fraction}. Expected 0 <= x < 1 "
+                         "(0: the ratio of the quotas).")
     source_skips = SkipCounter(strict=config.strict)
     files = quickdraw.source_files(config.source, config.format, source_skips)
     categories = select_categories(list(files), config.categories, config.seed)
@@ -197,13 +192,16 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
     quotas = {split: quotas[split] for split in splits}
     raster_settings = dataclasses.asdict(settings)
     units = [{"category": c, "label": i, "path": str(files[c]), "format": config.format,
-              "quotas": quotas, "seed": config.seed, "recognized_only": config.recognized_only,
+              "quotas": quotas, "test_fraction": config.test_fraction, "seed": config.seed,
+              "recognized_only": config.recognized_only,
               "strict": config.strict, "raster": raster_settings}
              for i, c in enumerate(categories)]
     if source_skips.total:
         units.append({"skipped": source_skips.as_dict(), "skip_examples": dict(source_skips.examples)})
     build_args = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("workers", "out", "strict", "allow_empty_classes")}
+    if not config.test_fraction:
+        del build_args["test_fraction"]  # the default: builds made before the flag keep their fingerprint
     build_args["source"] = str(pathlib.Path(config.source).resolve())
     build_args["raster"] = raster_settings
     channels = 3 if settings.time_channels else 1

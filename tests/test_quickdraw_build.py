@@ -293,3 +293,23 @@ def test_short_and_empty_classes_and_entries_that_are_no_category(tmp_path, quic
             f"{expected['airplane']['test']}/100, cat train") in result.stdout
     assert "and 1 more (dataset_info.json: shortfalls)" in result.stdout
     assert "skipped 2 (bad_category_name=1, not_a_file=1)" in result.stdout
+
+
+def test_test_fraction_sets_the_hash_split_beside_the_quotas(tmp_path, quickdraw_dir):
+    """Quotas of 1000 + 100 send 1/11 of a category to test, none of the real 25 airplane drawings;
+    --test_fraction 0.3 sends each drawing whose blake2b-64("0:key_id") / 2**64 < 0.3 there."""
+    import hashlib
+
+    expected = {"train": 0, "test": 0}
+    for line in (quickdraw_dir / "simplified" / "airplane.ndjson").read_bytes().splitlines():
+        digest = hashlib.blake2b(f"0:{orjson.loads(line)['key_id']}".encode(), digest_size=8).digest()
+        expected["test" if int.from_bytes(digest, "big") / 2**64 < 0.3 else "train"] += 1
+    assert expected["test"] > 0
+    info = build(quickdraw_dir / "simplified", tmp_path / "out", categories="airplane", train_per_class=1000,
+                 test_per_class=100, test_fraction=0.3)
+    assert {s: info["splits"][s]["per_class"]["airplane"] for s in ("train", "test")} == expected
+    assert info["build"]["args"]["test_fraction"] == 0.3
+    default = build(quickdraw_dir / "simplified", tmp_path / "default", categories="airplane", allow_empty_classes=True)
+    assert "test_fraction" not in default["build"]["args"], "default builds keep their earlier fingerprint"
+    with pytest.raises(ValueError, match=r"--test_fraction: 1.0. Expected 0 <= x < 1"):
+        build(quickdraw_dir / "simplified", tmp_path / "bad", test_fraction=1.0)
