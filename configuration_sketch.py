@@ -8,7 +8,6 @@ metadata is the flag's help. Modules read a config object, never a flag directly
 from __future__ import annotations
 
 import dataclasses
-import sys
 import typing
 from typing import Any
 
@@ -54,6 +53,9 @@ class QuickDrawBuildConfig:
     )
     train_per_class: int = field(1000, "Training drawings per class (at most).")
     test_per_class: int = field(100, "Test drawings per class (at most).")
+    test_fraction: float = field(
+        0.0, "Share of each category's drawings the hash split sends to test, before the quotas apply "
+        "(sketch-rnn files keep their own split); 0: test_per_class / (train_per_class + test_per_class).")
     out: str = field(DATA_PATH, "Output folder for shards and dataset_info.json.")
     shards: int = field(8, "Shards per split.")
     workers: int = field(2, "Worker processes.")
