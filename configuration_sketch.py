@@ -345,7 +345,9 @@ class TrainConfig:
                                   "(precise BN); 0 keeps Keras' moving averages, which lag in short runs.")
     steps_per_checkpoint: int = field(0, "Also checkpoint every this many optimizer steps (0: at the end of "
                                       "each epoch only).")
-    keep_checkpoints: int = field(3, "Checkpoints kept in <model_dir>/checkpoints (older ones are deleted).")
+    keep_checkpoints: int = field(2, "Checkpoints kept in <model_dir>/checkpoints (older ones are deleted), each "
+                                  "a full resume point with the optimizer state: 2 keeps one to fall back to when "
+                                  "the latest is corrupt. best.keras and the export hold no optimizer state.")
     evaluate_train: bool = field(False, "evaluate: the train split too (in inference mode, no augmentation).")
     seed: int = field(0, "Seed of the initial weights, the shuffling and the augmentation.")
     deterministic: bool = field(False, "Reproduce a run exactly for a given seed "

@@ -7,7 +7,9 @@
     python train_sketch_net.py -mode export -model_dir runs/sknet -tflite [float32|int8]
 
 train resumes from <model_dir>/checkpoints when it finds a checkpoint (Ctrl-C saves one; so does
-every epoch, and every -steps_per_checkpoint steps). evaluate writes evaluate.json and the confusion
+every epoch, and every -steps_per_checkpoint steps; the newest -keep_checkpoints are kept, and one whose
+recorded SHA-256 no longer matches is skipped with a warning for the one before) and ends with the size
+of the run folder. evaluate writes evaluate.json and the confusion
 matrix; test writes features_test.npz and similarity.json (retrieval mAP of the `features` layer);
 export writes <model_dir>/export (SavedModel with serving endpoints, model.keras, model_meta.json),
 and with -tflite a TensorFlow Lite model beside them (model.tflite, or model_int8.tflite for -tflite int8;
@@ -79,6 +81,9 @@ def summarize(mode: str, result: dict) -> str:
         last = (result.get("history") or [{}])[-1]
         parts = [f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
                  if isinstance(last.get(k), float)]
+        size = (result.get("run_folder_bytes") or {}).get("total")
+        if size is not None:
+            parts.append(f"run folder {size / 1e6:.1f} MB")
         return f"train: step {result['final_step']} of {result['total_steps']}" + (f"; {', '.join(parts)}" if parts else "")
     if mode == "evaluate":
         return (f"evaluate ({result['split']}, {result['num_examples']} images): loss {result['loss']:.4f}, "
@@ -111,4 +116,7 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
+    if cs.help_requested(sys.argv):  # absl's own -help exits 1; help is no error
+        print(cs.command_help(__doc__, FLAGS))
+        sys.exit(0)
     app.run(main, argv=expand_bare_flags(sys.argv, {name: FLAGS[name].parser.enum_values for name in BARE_FLAGS}))

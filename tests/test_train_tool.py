@@ -3,13 +3,17 @@ they train (the batch-norm trap), export reloaded in a fresh process, and bad in
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -46,10 +50,11 @@ def split_images(data_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(quickdraw_28px, tmp_path_factory) -> pathlib.Path:
-    """A short run of the default recipe without augmentation: 2 epochs of 20 steps of 32 drawings."""
+    """A short run of the default recipe without augmentation: 2 epochs of 20 steps of 32 drawings,
+    checkpointed every 10 steps (4 checkpoints written, the default 2 kept)."""
     model_dir = tmp_path_factory.mktemp("run") / "sknet"
     result = run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(model_dir), epochs=2,
-                     steps_per_epoch=20, batch_size=32, augment=False, verbose=0)
+                     steps_per_epoch=20, batch_size=32, augment=False, verbose=0, steps_per_checkpoint=10)
     assert result["final_step"] == 40 and result["start_step"] == 0
     return model_dir
 
@@ -80,6 +85,61 @@ def test_a_complete_run_is_not_trained_again(trained, quickdraw_28px):
     result = run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(trained), epochs=2,
                      steps_per_epoch=20, batch_size=32, augment=False, verbose=0)
     assert result["start_step"] == result["final_step"] == 40
+
+
+def h5_groups(data: bytes) -> list[str]:
+    with h5py.File(io.BytesIO(data), "r") as f:
+        return sorted(f.keys())
+
+
+def test_only_resume_checkpoints_keep_the_optimizer_and_the_run_folder_size_is_reported(trained, quickdraw_28px,
+                                                                                        capsys):
+    """Issue item 18: best.keras without optimizer state, 2 checkpoints kept by default, size reported."""
+    checkpoints = sorted((trained / "checkpoints").glob("ckpt-*.weights.h5"))
+    assert [p.name for p in checkpoints] == ["ckpt-00000030.weights.h5", "ckpt-00000040.weights.h5"]
+    for path in checkpoints:  # each a full resume point: its optimizer step counter is the file's step
+        with h5py.File(path, "r") as f:
+            assert int(f["optimizer/vars/0"][()]) == int(path.name[5:13])
+    with zipfile.ZipFile(trained / "best.keras") as archive:
+        assert h5_groups(archive.read("model.weights.h5")) == ["layers", "vars"]  # no "optimizer"
+    model = models.build_model("sknet", input_size=28, channels=1, num_classes=8)
+    assert (trained / "best.keras").stat().st_size < 1.1 * 4 * model.count_params()  # float32 weights, little else
+    capsys.readouterr()
+    result = run_api(mode="train", data_path=str(quickdraw_28px), model_dir=str(trained), epochs=2,
+                     steps_per_epoch=20, batch_size=32, augment=False, verbose=0, steps_per_checkpoint=10)
+    files = [p for p in trained.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    assert result["run_folder_bytes"]["total"] == total
+    assert result["run_folder_bytes"]["checkpoints"] == sum(p.stat().st_size for p in files
+                                                            if p.parent.name == "checkpoints")
+    assert f"run folder {trained}: {total / 1e6:.1f} MB (checkpoints " in capsys.readouterr().out
+    assert train_sketch_net.summarize("train", result).endswith(f"run folder {total / 1e6:.1f} MB")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained, quickdraw_28px, tmp_path, capsys):
+    """Issue item 6: two bytes flipped in a kernel of the latest checkpoint loaded without a word (evaluate
+    reported a loss of 2.6e37); now the checksum catches it and evaluate uses the checkpoint before."""
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    shutil.copy(trained / "train_config.json", run_dir)
+    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+    latest = run_dir / "checkpoints" / "ckpt-00000040.weights.h5"
+    with h5py.File(latest, "r") as f:
+        offset = f["layers/dense/vars/0"].id.get_offset()
+    with open(latest, "r+b") as f:  # the high bytes of two float32 kernel values: huge weights
+        for index in (1000, 2000):
+            f.seek(offset + 4 * index + 3)
+            f.write(b"\x7e")
+    capsys.readouterr()
+    result = run_api(mode="evaluate", model_dir=str(run_dir))
+    warning = capsys.readouterr().err
+    assert "ckpt-00000040.weights.h5 (step 40)" in warning and "ckpt-00000030.weights.h5 (step 30)" in warning
+    assert result["checkpoint"].endswith("ckpt-00000030.weights.h5")
+    model = models.build_model("sknet", input_size=28, channels=1, num_classes=8)
+    model.load_weights(trained / "checkpoints" / "ckpt-00000030.weights.h5")
+    images, labels = split_images(quickdraw_28px)
+    expected = evaluation.classification_metrics(model.predict(images, verbose=0), labels)
+    assert result["loss"] == pytest.approx(expected["loss"], abs=1e-5) and result["loss"] < 10
 
 
 def test_short_run_evaluates_like_it_trains(trained, quickdraw_28px):
@@ -296,7 +356,7 @@ def test_bad_input_at_the_command_line_is_a_clear_error(case, quickdraw_28px, tm
 
 
 @pytest.mark.parametrize("case", ["empty", "no_train_split", "channels", "no_run", "shaping", "epochs", "warmup",
-                                  "warmup_negative", "tflite"])
+                                  "warmup_negative", "tflite", "keep_checkpoints"])
 def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp_path):
     """The same checks as above, in process (each message is what the CLI prints)."""
     empty_train = tmp_path / "empty_train"
@@ -317,6 +377,8 @@ def test_bad_input_is_refused_before_training(case, quickdraw_28px, trained, tmp
                    "-warmup_steps 10 leaves no step of the run's 10 (2 epochs x 5 steps)"),
         "warmup_negative": ({"data_path": str(quickdraw_28px), "warmup_steps": -2},
                             "Invalid value for -warmup_steps: -2. Expected an integer >= 0, or -1"),
+        "keep_checkpoints": ({"data_path": str(quickdraw_28px), "keep_checkpoints": 0},
+                             "Invalid value for -keep_checkpoints: 0. Expected an integer >= 1."),
         "tflite": ({"data_path": str(quickdraw_28px), "tflite": "int8"},
                    "-tflite int8 applies to -mode export (a TensorFlow Lite file beside the SavedModel), not to "
                    "-mode train."),

@@ -4,10 +4,12 @@ checkpoints, batch-norm recalibration, config checks, the task registry and the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -201,10 +203,65 @@ def test_checkpoints_are_pruned_and_state_names_a_complete_file(tmp_path):
     assert files == ["ckpt-00000003.weights.h5", "ckpt-00000004.weights.h5"]
     assert store.latest().file == "ckpt-00000004.weights.h5" and not dead.exists()
     (tmp_path / "ckpt-00000004.weights.h5").unlink()
-    with pytest.raises(CheckpointError, match="names 'ckpt-00000004.weights.h5', which is missing"):
+    assert store.latest().file == "ckpt-00000003.weights.h5"  # the one kept to fall back to
+    (tmp_path / "ckpt-00000003.weights.h5").unlink()
+    with pytest.raises(CheckpointError, match="No usable checkpoint .*ckpt-00000004.weights.h5 is missing"):
         store.latest()
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="is damaged"):
+        store.latest()
+
+
+def flip_bytes(path, offset: int, count: int = 2) -> None:
+    """Invert `count` bytes of a file in place at `offset` (bit rot that keeps the size)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_checksums_catch_truncated_and_corrupt_checkpoints_and_fall_back(tmp_path):
+    model = tiny_model()
+    warnings = []
+    store = CheckpointStore(tmp_path, keep=3, warn=warnings.append)
+    weights = {}
+    for _ in range(3):
+        fit_steps(model, 1)
+        state = store.save(model, epoch=0)
+        weights[state.step] = model.get_weights()
+    recorded = json.loads((tmp_path / "state.json").read_text())["checkpoints"]
+    assert [r["step"] for r in recorded] == [1, 2, 3]
+    for r in recorded:  # the checksum and size of the bytes on disk, computed here independently
+        data = (tmp_path / r["file"]).read_bytes()
+        assert (r["sha256"], r["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+
+    third = tmp_path / "ckpt-00000003.weights.h5"
+    third.write_bytes(third.read_bytes()[: third.stat().st_size // 2])  # truncated
+    assert store.latest().step == 2
+    assert len(warnings) == 1 and "ckpt-00000003.weights.h5 (step 3)" in warnings[0] and "truncated" in warnings[0]
+    second = tmp_path / "ckpt-00000002.weights.h5"
+    with h5py.File(second, "r") as f:  # two bytes of a kernel: the file still loads, with wrong weights
+        offset = f["layers/dense/vars/0"].id.get_offset()
+    flip_bytes(second, offset + 5)
+    warnings.clear()
+    fresh = tiny_model(seed=1)
+    trainer.ensure_optimizer_built(fresh)
+    assert store.restore(fresh).step == 1
+    assert [("ckpt-00000003" in w, "ckpt-00000002" in w and "SHA-256" in w) for w in warnings] == \
+        [(True, False), (False, True)]
+    for a, b in zip(weights[1], fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    # Training goes on from step 1: the next save forgets the abandoned steps 2 and 3.
+    fit_steps(fresh, 1)
+    store.save(fresh, epoch=0)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000001.weights.h5", "ckpt-00000002.weights.h5"]
+    warnings.clear()
+    assert store.latest().step == 2 and warnings == []
+    for name in ("ckpt-00000001.weights.h5", "ckpt-00000002.weights.h5"):
+        flip_bytes(tmp_path / name, offset + 5)
+    with pytest.raises(CheckpointError, match="No usable checkpoint .*Delete the checkpoints folder"):
         store.latest()
 
 

@@ -256,8 +256,19 @@ class HistoryRecorder(keras.callbacks.Callback):
             plots.plot_curves(self.rows, self.png_path, self.title)
 
 
+def save_without_optimizer(model: keras.Model, path: str | os.PathLike) -> None:
+    """Save `model` (a functional model) as a .keras file of architecture and weights, without the
+    optimizer state (two thirds of the file under Adam; only resume checkpoints need it).
+
+    Keras 3.15 ignores `include_optimizer=False` for .keras files, so an uncompiled functional view of
+    the same layers (no copy of the weights) is saved instead; it loads like the model.
+    """
+    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+
+
 class BestModelKeeper(keras.callbacks.Callback):
-    """Save the model to `path` (.keras) when `monitor` improves on the best value seen so far.
+    """Save the model without its optimizer (`save_without_optimizer`) to `path` (.keras) when
+    `monitor` improves on the best value seen so far.
 
     `best` carries the best value over from before a resume (see `best_in_history`).
     """
@@ -286,7 +297,7 @@ class BestModelKeeper(keras.callbacks.Callback):
             self.best = float(value)
             if self.is_chief:
                 tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
-                self.model.save(tmp)
+                save_without_optimizer(self.model, tmp)
                 os.replace(tmp, self.path)
 
 

@@ -1,24 +1,34 @@
-"""Training checkpoints that survive kill -9: weights and optimizer state, written atomically.
+"""Training checkpoints that survive kill -9 and bit rot: weights and optimizer state, written
+atomically, with a checksum checked on load.
 
 Layout of <model_dir>/checkpoints/:
 
     ckpt-00000120.weights.h5   model and optimizer variables after optimizer step 120
-    state.json                 {"step": 120, "epoch": 2, "file": "ckpt-00000120.weights.h5", ...}
+    state.json                 the latest checkpoint {"step": 120, "epoch": 2, "file": ..., "sha256": ...,
+                               "bytes": ...} and, under "checkpoints", every kept one (oldest first)
 
-A checkpoint file is written under a temporary name and renamed when complete; state.json is
-replaced (also by rename) only after that, so at every instant state.json names a complete
-file: a process killed while writing leaves the previous checkpoint in force. The newest
-`keep` files are kept. The optimizer's step counter is part of the optimizer state, so a
-restored run continues the step count (and the learning-rate schedule) where it stopped.
+A checkpoint file is written under a temporary name, hashed (SHA-256 of the bytes on disk) and
+renamed when complete; state.json is replaced (also by rename) only after that, so at every instant
+state.json names complete files: a process killed while writing leaves the previous checkpoint in
+force. The newest `keep` checkpoints are kept, each a full resume point (optimizer included).
+
+Loading checks the size and SHA-256 recorded when the file was written. A latest checkpoint that is
+missing, truncated or corrupt (a flipped bit loads without error and gives garbage weights) is
+skipped with a warning for the newest good one before it; the next save forgets the skipped one.
+The optimizer's step counter is part of the optimizer state, so a restored run continues the step
+count (and the learning-rate schedule) where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
+import sys
 import time
+from collections.abc import Callable
 
 import keras
 
@@ -33,16 +43,34 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointState:
-    """What state.json records about the latest checkpoint."""
+    """What state.json records about one checkpoint (sha256 and bytes are None in folders written
+    before checksums were recorded: such a file is loaded unchecked)."""
 
     step: int
     epoch: int
     file: str
     saved_at: float
     reason: str
+    sha256: str | None = None
+    bytes: int | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CheckpointState:
+        return cls(int(raw["step"]), int(raw["epoch"]), str(raw["file"]), float(raw.get("saved_at", 0.0)),
+                   str(raw.get("reason", "")), None if raw.get("sha256") is None else str(raw["sha256"]),
+                   None if raw.get("bytes") is None else int(raw["bytes"]))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_json_atomic(path: pathlib.Path, obj) -> None:
@@ -54,6 +82,10 @@ def _write_json_atomic(path: pathlib.Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def ensure_optimizer_built(model: keras.Model) -> None:
     """Create the optimizer's variables so that a checkpoint can be loaded into them."""
     optimizer = getattr(model, "optimizer", None)
@@ -62,33 +94,64 @@ def ensure_optimizer_built(model: keras.Model) -> None:
 
 
 class CheckpointStore:
-    """Save, find and restore the checkpoints of one run."""
+    """Save, find, check and restore the checkpoints of one run; `warn` receives the fallback warnings."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, warn: Callable[[str], None] = _warn):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise CheckpointError(f"Invalid value for argument `keep`. Received: {keep!r}. Expected an integer >= 1.")
         self.directory = pathlib.Path(directory)
         self.keep = keep
+        self.warn = warn
 
     @property
     def state_path(self) -> pathlib.Path:
         return self.directory / STATE_FILE
 
-    def latest(self) -> CheckpointState | None:
-        """The state of the newest complete checkpoint, or None when there is none."""
+    def records(self) -> list[CheckpointState]:
+        """Every checkpoint state.json records, oldest first ([] when there is none); unchecked."""
         if not self.state_path.is_file():
-            return None
+            return []
         try:
             raw = json.loads(self.state_path.read_text())
-            state = CheckpointState(int(raw["step"]), int(raw["epoch"]), str(raw["file"]),
-                                    float(raw.get("saved_at", 0.0)), str(raw.get("reason", "")))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            newest = CheckpointState.from_dict(raw)
+            kept = [CheckpointState.from_dict(r) for r in raw.get("checkpoints", [])]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{str(self.state_path)!r} is damaged ({e}); delete the checkpoints folder "
                                   "to start over, or fix the file.") from None
-        if not (self.directory / state.file).is_file():
-            raise CheckpointError(f"{str(self.state_path)!r} names {state.file!r}, which is missing from "
-                                  f"{str(self.directory)!r}.")
-        return state
+        return [r for r in kept if r.step < newest.step] + [newest]
+
+    def problem(self, state: CheckpointState) -> str | None:
+        """Why the checkpoint file of `state` cannot be trusted (missing, truncated, corrupt), or None."""
+        path = self.directory / state.file
+        if not path.is_file():
+            return "is missing"
+        size = path.stat().st_size
+        if state.bytes is not None and size != state.bytes:
+            return f"has {size} bytes, not the {state.bytes} written (truncated or overwritten)"
+        if state.sha256 is not None and file_sha256(path) != state.sha256:
+            return "does not match the SHA-256 recorded when it was written (corrupt)"
+        return None
+
+    def latest(self) -> CheckpointState | None:
+        """The newest checkpoint whose file is intact, or None when there is none.
+
+        A newer one that is missing, truncated or corrupt is skipped with a warning; CheckpointError
+        when checkpoints are recorded and none is intact."""
+        records = self.records()
+        skipped = []
+        for state in reversed(records):
+            problem = self.problem(state)
+            if problem is None:
+                for bad, why in skipped:
+                    self.warn(f"checkpoint {bad.file} (step {bad.step}) in {str(self.directory)!r} {why}; "
+                              f"using {state.file} (step {state.step}) instead.")
+                return state
+            skipped.append((state, problem))
+        if skipped:
+            raise CheckpointError(f"No usable checkpoint in {str(self.directory)!r}: "
+                                  + "; ".join(f"{s.file} {why}" for s, why in skipped)
+                                  + ". Delete the checkpoints folder to start over.")
+        return None
 
     def save(self, model: keras.Model, *, epoch: int, reason: str = "") -> CheckpointState:
         """Write the model and optimizer state at the optimizer's current step; returns its state."""
@@ -98,23 +161,29 @@ class CheckpointStore:
         name = f"{PREFIX}{step:08d}{SUFFIX}"
         tmp = self.directory / f".tmp-{os.getpid()}-{name}"
         model.save_weights(tmp, overwrite=True)
+        state = CheckpointState(step, int(epoch), name, time.time(), reason, file_sha256(tmp), tmp.stat().st_size)
         os.replace(tmp, self.directory / name)
-        state = CheckpointState(step, int(epoch), name, time.time(), reason)
-        _write_json_atomic(self.state_path, state.as_dict())
-        self._prune(keep_file=name)
+        try:
+            earlier = [r for r in self.records() if r.step < step]
+        except CheckpointError:
+            earlier = []  # a damaged state.json is replaced by this save
+        kept = (earlier + [state])[-self.keep:]
+        _write_json_atomic(self.state_path, {**state.as_dict(), "checkpoints": [r.as_dict() for r in kept]})
+        self._prune({r.file for r in kept})
         return state
 
-    def _prune(self, keep_file: str) -> None:
-        files = sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}"))
-        stale = [f for f in files if f.name != keep_file][: max(0, len(files) - self.keep)]
-        for f in stale:
-            f.unlink(missing_ok=True)
+    def _prune(self, kept: set[str]) -> None:
+        """Delete checkpoint files state.json no longer records (older ones, and newer ones of an
+        abandoned future after a fallback), and temporary files of dead writers."""
+        for f in self.directory.glob(f"{PREFIX}*{SUFFIX}"):
+            if f.name not in kept:
+                f.unlink(missing_ok=True)
         for f in self.directory.glob(".tmp-*"):
             if not _owned_by_live_process(f.name):
                 f.unlink(missing_ok=True)
 
     def restore(self, model: keras.Model, state: CheckpointState | None = None) -> CheckpointState | None:
-        """Load the latest (or the given) checkpoint into `model` and its optimizer; None if there is none."""
+        """Load the latest intact (or the given) checkpoint into `model` and its optimizer; None if there is none."""
         state = state or self.latest()
         if state is None:
             return None

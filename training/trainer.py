@@ -193,7 +193,8 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     # A saved run's image size and channels are fixed: the data must match them.
     fixed = explicit if train.mode == "train" else {"image_size", "channels"}
     configs[ModelConfig] = adapt_to_data(configs[ModelConfig], info, fixed, train.data_path)
-    for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size)):
+    for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size),
+                        ("keep_checkpoints", train.keep_checkpoints)):
         if value < 1:
             raise ToolError(f"Invalid value for -{name}: {value}. Expected an integer >= 1.")
     for name in ("steps_per_epoch", "steps_per_checkpoint", "bn_recalibration"):
@@ -292,6 +293,32 @@ def steps_per_epoch(run: tasks.Run, task: tasks.Task) -> int:
     return max(1, math.ceil(run.num_examples(task.train_split) / task.batch_size(run)))
 
 
+def folder_sizes(model_dir: pathlib.Path) -> dict[str, int]:
+    """Bytes of the files under `model_dir`: "total", and the checkpoints folder, best.keras, the
+    TensorBoard logs and the export by name (those present)."""
+    def size(path: pathlib.Path) -> int:
+        total = 0
+        for f in [path] if path.is_file() else path.rglob("*"):
+            try:
+                total += f.stat().st_size if f.is_file() else 0
+            except OSError:  # removed meanwhile (another process's temporary file)
+                pass
+        return total
+
+    sizes = {"total": size(model_dir)}
+    for name in (CHECKPOINT_DIR, BEST_FILE, LOG_DIR, EXPORT_DIR):
+        if (model_dir / name).exists():
+            sizes[name] = size(model_dir / name)
+    return sizes
+
+
+def _report_size(model_dir: pathlib.Path, summary: dict) -> None:
+    sizes = folder_sizes(model_dir)
+    parts = ", ".join(f"{name} {value / 1e6:.1f} MB" for name, value in sizes.items() if name != "total")
+    _log(f"run folder {model_dir}: {sizes['total'] / 1e6:.1f} MB" + (f" ({parts})" if parts else ""))
+    summary["run_folder_bytes"] = sizes
+
+
 def _fit_segments(step: int, per_epoch: int, epochs: int) -> list[tuple[int, int]]:
     """(initial_epoch, steps in the first epoch) of the fit calls that finish a run now at `step`."""
     epoch, done = divmod(step, per_epoch)
@@ -367,6 +394,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     if not segments:
         _log(f"training already complete: step {step} of {total}")
         summary.update(final_step=step, history=cb.load_history(run.model_dir / HISTORY_FILE))
+        _report_size(run.model_dir, summary)
         return summary
 
     monitor, mode = task.monitor
@@ -434,6 +462,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     written = f"history in {history_path}" if strategy.is_chief else "files written by the chief"
     _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; {written}")
     summary.update(final_step=final_step, history=recorder.rows)
+    _report_size(run.model_dir, summary)
     return summary
 
 
