@@ -8,7 +8,9 @@ metadata is the flag's help. Modules read a config object, never a flag directly
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from absl import flags
@@ -64,6 +66,18 @@ class QuickDrawBuildConfig:
     strict: bool = field(False, "Stop at the first bad record instead of counting a skip.")
     allow_empty_classes: bool = field(
         False, "Build even when a class has 0 examples in a split it should have (listed in shortfalls).")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickDrawDownloadConfig:
+    """`python -m data_prep.quickdraw download`: Google's files for named categories."""
+
+    categories: str = field("", "name,name,... or @file.txt (one per line): download needs names.")
+    format: str = field(
+        "simplified", "Source format.", choices=("simplified", "raw", "bitmap", "sketchrnn")
+    )
+    dest: str = field("data/source", "Folder for the downloaded files.")
+    base_url: str = field("", "Base URL (empty: $QUICKDRAW_BASE_URL, else Google's bucket).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,3 +416,39 @@ def from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS, **overrid
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(cls) if f.name in flag_values}
     values.update(overrides)
     return cls(**values)
+
+
+HELP_ARGS = ("-h", "-help", "--help", "--helpfull")
+
+
+def help_requested(argv: Sequence[str]) -> bool:
+    """Whether a command line (argv[0] is the program) asks for help: -h, -help, --help or --helpfull."""
+    return any(arg in HELP_ARGS for arg in argv[1:])
+
+
+def command_help(usage: str, flag_values: flags.FlagValues) -> str:
+    """What a command prints for --help: its usage text, then each of its flags (those defined from the
+    dataclasses here) with help and default."""
+    return f"{usage.strip()}\n\nflags:{flag_values.module_help(__name__)}"
+
+
+def parse_command(argv: Sequence[str], classes: Sequence[type], prog: str, usage: str,
+                  flag_values: flags.FlagValues | None = None) -> tuple[list[str], flags.FlagValues] | int:
+    """Parse one command's flags, the fields of `classes`: (the positional arguments with argv[0], the
+    parsed flags), or an exit code: 0 after printing the help for -h/-help/--help, 2 after a one-line
+    error for an unknown flag or a bad value.
+
+    A fresh FlagValues per command (the default) holds only that command's flags, so that its help lists
+    exactly them and a flag of another command is an error.
+    """
+    flag_values = flags.FlagValues() if flag_values is None else flag_values
+    for cls in classes:
+        define_flags(cls, flag_values)
+    if help_requested(argv):
+        print(command_help(usage, flag_values))
+        return 0
+    try:
+        return flag_values(list(argv)), flag_values
+    except flags.Error as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import configuration_sketch as cs  # noqa: E402
 
@@ -234,5 +234,5 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    cs.define_flags(cs.EvalConfig)
-    app.run(main)
+    parsed = cs.parse_command(sys.argv, [cs.EvalConfig], "evaluate_similarity_lookup", __doc__, flags.FLAGS)
+    sys.exit(parsed if isinstance(parsed, int) else main(parsed[0]))

@@ -19,6 +19,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from data_prep.categories import NAME_RULE, is_safe_name
+
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset"
 BASE_URL_ENV = "QUICKDRAW_BASE_URL"
 
@@ -52,10 +54,10 @@ def _check_format(fmt: str) -> None:
 
 
 def _check_category(category: str) -> None:
-    if not category or not category.strip() or "/" in category or "\\" in category or category in (".", ".."):
+    if not is_safe_name(category):
         raise ValueError(
             f"Invalid value for argument `category`. Received: {category!r}. "
-            "Expected a Quick, Draw! category name such as 'The Eiffel Tower' (no slashes)."
+            f"Expected a Quick, Draw! category name such as 'The Eiffel Tower': {NAME_RULE}."
         )
 
 

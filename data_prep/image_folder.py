@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from configuration_sketch import ImageFolderBuildConfig
-from data_prep import builder, quickdraw, shortfalls, tfrecords
+from data_prep import builder, shortfalls, tfrecords
+from data_prep.categories import NAME_RULE, is_safe_name
 from data_prep.skips import BadRecord, SkipCounter, StrictModeError, path_problem
 
 DOMAINS = ("sketch", "photo")  # a record's domain_id is the index here
@@ -285,19 +286,6 @@ def skip_files_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     return UnitRecords(list(staging)).result(staging, len(unit["files"]), skips, [])
 
 
-UNSAFE_NAME_RULE = ("a class name must be a plain name: no path separators, ':', '..', leading dot, control "
-                    "characters (newline, tab) or leading/trailing spaces (the rule of Quick, Draw! file names)")
-
-
-def safe_category_name(name: str) -> bool:
-    """Whether a folder name can be a class name (data_prep.quickdraw.category_name's rule)."""
-    try:
-        quickdraw.category_name(name, ())
-    except BadRecord:
-        return False
-    return True
-
-
 def list_categories(root: pathlib.Path) -> tuple[dict[str, pathlib.Path], list[pathlib.Path], list[str]]:
     """({category: folder}, files lying outside any category folder, hidden folders ignored)."""
     if not root.is_dir():
@@ -371,7 +359,7 @@ def build(config: ImageFolderBuildConfig, progress: bool = True) -> dict[str, An
         raise ValueError(f"Invalid value for --domain: {config.domain!r}. Expected 'sketch' or 'photo'.")
     source = pathlib.Path(config.source).resolve()
     folders, loose, hidden = list_categories(source)
-    unsafe = {name: folders.pop(name) for name in list(folders) if not safe_category_name(name)}
+    unsafe = {name: folders.pop(name) for name in list(folders) if not is_safe_name(name)}
     if not folders:
         raise ValueError(f"Invalid value for --source: {str(source)!r} holds no category folder "
                          "(expected <root>/<category>/<image>).")
@@ -388,7 +376,7 @@ def build(config: ImageFolderBuildConfig, progress: bool = True) -> dict[str, An
     for name, folder in unsafe.items():  # every file counted; an empty folder once
         files = [repr(p.relative_to(source).as_posix()) for p in sorted(folder.iterdir())] or [repr(f"{name}/")]
         units.append({"strict": config.strict, "reason": "bad_category_name", "files": files,
-                      "detail": f"folder {name!r}: {UNSAFE_NAME_RULE}"})
+                      "detail": f"folder {name!r}: {NAME_RULE}"})
     build_args = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("workers", "out", "strict", "allow_empty_classes")}
     build_args["source"] = str(source)
@@ -422,24 +410,20 @@ def skip_report(info: dict[str, Any]) -> str:
 
 
 def run_cli(argv: list[str], config_cls: type, build_fn, prog: str, report_fn=None) -> int:
-    """`python -m <prog> build --flag value ...`: parse flags into `config_cls`, build, report.
+    """`python -m <prog> build --flag value ...`: parse flags into `config_cls`, build, report (or print
+    the usage and every flag for -h/-help/--help).
 
     `report_fn(info)` gives extra lines to print after the counts (reconciled names, ...).
     """
-    from absl import flags
+    from configuration_sketch import from_flags, parse_command
 
-    from configuration_sketch import define_flags, from_flags
-
-    flag_values = flags.FlagValues()
-    define_flags(config_cls, flag_values)
-    try:
-        rest = flag_values(argv)
-    except flags.Error as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+    usage = f"usage: python -m {prog} build --source DIR --out DIR [--flag value ...]"
+    parsed = parse_command(argv, [config_cls], prog, usage)
+    if isinstance(parsed, int):
+        return parsed  # 0 after --help, 2 after a bad flag
+    rest, flag_values = parsed
     if rest[1:] != ["build"]:
-        print(f"usage: python -m {prog} build --source DIR --out DIR [--flag value ...]\n"
-              f"{flag_values.get_help()}", file=sys.stderr)
+        print(f"{usage}\n(python -m {prog} --help lists every flag)", file=sys.stderr)
         return 2
     config = from_flags(config_cls, flag_values)
     try:

@@ -44,6 +44,7 @@ from itertools import accumulate, chain
 import numpy as np
 import orjson
 
+from data_prep import categories
 from data_prep.drawing import Drawing
 from data_prep.safe_npz import UnsafePickleError, load_npz_restricted
 from data_prep.skips import BadRecord, SkipCounter, path_problem
@@ -91,28 +92,15 @@ def category_name(path: str | os.PathLike, suffixes: tuple[str, ...] = _ALL_SUFF
     """The category of a source file: its name without the format's extension(s).
 
     Raises BadRecord('bad_category_name') for a name that is unsafe as a path component or a
-    label: empty, containing '/', '\\', ':', NUL or another control character, containing '..',
-    starting with '.', or with leading/trailing spaces.
+    label (data_prep.categories.NAME_RULE).
     """
     name = pathlib.PurePath(path).name
     for suffix in suffixes:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    bad = (
-        not name
-        or any(c in name for c in "/\\:")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
-        or ".." in name
-        or name.startswith(".")
-        or name != name.strip()
-    )
-    if bad:
-        raise BadRecord(
-            "bad_category_name",
-            f"{name!r} from file {str(path)!r}: a category must be a plain name (no path separators, "
-            "'..', leading dot, control characters or surrounding spaces)",
-        )
+    if not categories.is_safe_name(name):
+        raise BadRecord("bad_category_name", f"{name!r} from file {str(path)!r}: {categories.NAME_RULE}")
     return name
 
 
@@ -468,89 +456,8 @@ def source_files(source_dir: str | os.PathLike, fmt: str, skips: SkipCounter | N
 # =========================================================================== end of the readers
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: `python -m data_prep.quickdraw build|download ...` (thin: parse flags, call).
-
-USAGE = """usage:
-  python -m data_prep.quickdraw build --source DIR --format simplified|raw|bitmap|sketchrnn
-      --categories N|name,name|@file.txt --train_per_class N --test_per_class N --image_size N --out DIR
-      [--shards N] [--workers N] [--seed N] [--recognized_only] [--strict]
-  python -m data_prep.quickdraw download --categories name,name|@file.txt --format FORMAT --dest DIR
-      [--base_url URL]
-Run with --helpfull for every flag."""
-
-
-def _define_cli_flags() -> None:
-    from absl import flags
-
-    from configuration_sketch import QuickDrawBuildConfig, RasterConfig, define_flags
-
-    define_flags(QuickDrawBuildConfig)
-    define_flags(RasterConfig)
-    flags.DEFINE_string("dest", "data/source", "download: folder for the downloaded files.")
-    flags.DEFINE_string("base_url", None, "download: base URL (default: Google's bucket, or $QUICKDRAW_BASE_URL).")
-
-
-def _category_names(spec: str) -> list[str]:
-    """Names from 'a,b' or '@file.txt' (download needs names: there is no listing to count from)."""
-    if spec.startswith("@"):
-        path = pathlib.Path(spec[1:])
-        if not path.is_file():
-            raise ValueError(f"Category list file {str(path)!r} not found.")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if spec == "all" or spec.isdigit():
-        raise ValueError("download needs category names: --categories name,name or @categories.txt "
-                         "(the official list is categories.txt in Google's quickdraw-dataset repository).")
-    return [name.strip() for name in spec.split(",") if name.strip()]
-
-
-def _build(FLAGS) -> int:
-    from configuration_sketch import QuickDrawBuildConfig, RasterConfig, from_flags
-    from data_prep import builder, quickdraw_build, shortfalls, tfrecords
-    from data_prep.skips import StrictModeError
-
-    if not FLAGS.source:
-        raise ValueError("--source is required: the folder holding one file per category.")
-    config = from_flags(QuickDrawBuildConfig)
-    try:
-        info = quickdraw_build.build(config, from_flags(RasterConfig))
-    except (builder.BuildError, StrictModeError, tfrecords.DatasetInfoError, UnsafePickleError) as e:
-        raise ValueError(str(e)) from None  # an unsafe pickle names the file, member and global
-    splits = ", ".join(f"{s['num_examples']} {split}" for split, s in info["splits"].items())
-    records = info["records"]
-    skipped = ", ".join(f"{k}={v}" for k, v in info["skipped"].items())
-    short = shortfalls.summary(info.get("shortfalls", []))
-    print(f"built {splits} records of {len(info['classes'])} classes in {config.out}; "
-          f"read {records['read']}, skipped {records['skipped']}" + (f" ({skipped})" if skipped else "")
-          + f", over quota {records['over_quota']}" + (f"; {short}" if short else ""))
-    return 0
-
-
-def _download(FLAGS) -> int:
-    from data_prep.download import download_main
-
-    return download_main(_category_names(FLAGS.categories), FLAGS.format, FLAGS.dest, FLAGS.base_url)
-
-
-COMMANDS = {"build": _build, "download": _download}
-
-
-def main(argv: list[str]) -> int:
-    from absl import flags
-
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        return 2
-    try:
-        return COMMANDS[argv[1]](flags.FLAGS)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    from absl import app
-
+if __name__ == "__main__":  # the command line lives in data_prep.quickdraw_cli: the readers import no build code
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _define_cli_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    from data_prep.quickdraw_cli import main
+
+    sys.exit(main(sys.argv))

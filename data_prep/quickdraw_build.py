@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import pathlib
 import random
-import re
 from typing import Any
 
 import cv2
@@ -21,6 +20,7 @@ import numpy as np
 
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig
 from data_prep import builder, quickdraw, raster, shortfalls, tfrecords
+from data_prep.categories import NAME_RULE, is_safe_name, parse_list
 from data_prep.drawing import Drawing
 from data_prep.skips import BadRecord, SkipCounter
 
@@ -30,7 +30,6 @@ SPLITS_BY_FORMAT = {
     "bitmap": ["train", "test"],
     "sketchrnn": ["train", "valid", "test"],
 }
-_UNSAFE_NAME = re.compile(r"[/\\\x00]|^\.\.?$")
 
 
 def split_of(key_id: str, seed: int, test_fraction: float) -> str:
@@ -46,25 +45,18 @@ def select_categories(available: list[str], spec: str, seed: int) -> list[str]:
     spec: 'all'; 'N' (N distinct categories chosen without replacement, seeded, then sorted);
     'name,name,...' (that order); '@file.txt' (one name a line, that order).
     """
-    spec = spec.strip()
-    if spec == "all":
+    if spec.strip() == "all":
         return sorted(available)
-    if spec.isdigit():
-        n = int(spec)
+    names = parse_list(spec, "--categories")
+    if isinstance(names, int):
+        n = names
         if not 1 <= n <= len(available):
             raise ValueError(f"Invalid value for --categories: {n}. Expected 1..{len(available)} "
                              "(the number of category files in --source).")
         return sorted(random.Random(seed).sample(sorted(available), n))
-    if spec.startswith("@"):
-        path = pathlib.Path(spec[1:])
-        if not path.is_file():
-            raise ValueError(f"Category list file {str(path)!r} not found.")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        names = [name.strip() for name in spec.split(",") if name.strip()]
     for name in names:
-        if _UNSAFE_NAME.search(name):
-            raise ValueError(f"Invalid category name {name!r}: path separators and '..' are not allowed.")
+        if not is_safe_name(name):
+            raise ValueError(f"Invalid category name {name!r}: {NAME_RULE}.")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"Categories listed twice: {', '.join(duplicates)}.")

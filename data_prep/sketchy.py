@@ -28,6 +28,7 @@ from typing import Any
 
 from configuration_sketch import SketchyBuildConfig
 from data_prep import builder, image_folder, shortfalls
+from data_prep.categories import NAME_RULE, is_safe_name, parse_list
 from data_prep.image_folder import (FolderDigest, UnitRecords, feature_specs, file_problem, read_file,
                                     record_bytes, stored_image, test_items)
 from data_prep.skips import BadRecord, SkipCounter
@@ -38,7 +39,6 @@ VARIANT_NAME = re.compile(r"^tx_\d+$")
 # Spellings known to differ between a photo tree and its sketch tree, as match keys.
 # effiel_tower: the photo folder of the Sketchy-style QuickDraw-Extended set (doodle2search issue #2).
 KNOWN_ALIASES = {"effiel_tower": "eiffel_tower"}
-_UNSAFE_NAME = re.compile(r"[/\\\x00]|^\.\.?$")
 
 
 def _spelling_key(name: str) -> str:
@@ -123,22 +123,15 @@ def tree_root(source: pathlib.Path, tree: str, variant: str) -> tuple[pathlib.Pa
 
 def select_unseen(spec: str, classes: list[str], seed: int) -> list[str]:
     """The classes held out as unseen: '' (none), 'N' (seeded choice), 'name,...' or '@file.txt'."""
-    spec = spec.strip()
-    if not spec:
+    if not spec.strip():
         return []
-    if spec.isdigit():
-        n = int(spec)
+    names = parse_list(spec, "--unseen_classes")
+    if isinstance(names, int):
+        n = names
         if not 1 <= n < len(classes):
             raise ValueError(f"Invalid value for --unseen_classes: {n}. Expected 1..{len(classes) - 1} "
                              "(at least one class must stay seen).")
         return sorted(random.Random(seed).sample(sorted(classes), n))
-    if spec.startswith("@"):
-        path = pathlib.Path(spec[1:])
-        if not path.is_file():
-            raise ValueError(f"Invalid value for --unseen_classes: list file {str(path)!r} not found.")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        names = [name.strip() for name in spec.split(",") if name.strip()]
     by_key = {match_key(c): c for c in classes}
     unknown = [n for n in names if match_key(n) not in by_key]
     if unknown:
@@ -279,7 +272,7 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
         roots[tree], variants[tree] = tree_root(source, tree, getattr(config, f"{tree}_variant"))
     names = {tree: sorted(p.name for p in roots[tree].iterdir() if p.is_dir() and not p.name.startswith("."))
              for tree in TREES}
-    unsafe = {tree: [n for n in names[tree] if _UNSAFE_NAME.search(n)] for tree in TREES}
+    unsafe = {tree: [n for n in names[tree] if not is_safe_name(match_key(n))] for tree in TREES}
     names = {tree: [n for n in names[tree] if n not in unsafe[tree]] for tree in TREES}
     categories = reconcile_categories(names["photo"], names["sketch"])
     if not categories.folders:
@@ -304,7 +297,7 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
             files = [repr(f) for f in _loose_files(roots[tree] / folder, source)]
             units.append({"strict": config.strict, "reason": "bad_category_name",
                           "files": files or [repr((roots[tree] / folder).relative_to(source).as_posix() + "/")],
-                          "detail": f"folder {folder!r}: a backslash, NUL or '.'/'..' cannot be part of a class name"})
+                          "detail": f"folder {folder!r}, spelling key {match_key(folder)!r}: {NAME_RULE}"})
         loose = _loose_files(roots[tree], source)
         if loose:
             units.append({"strict": config.strict, "reason": "outside_category_folder", "files": loose})

@@ -635,15 +635,19 @@ def generate(
 
 
 def main(argv: Sequence[str]) -> int:
-    """CLI: parse the SyntheticConfig flags, generate, print a one-line summary."""
-    from absl import flags
-
+    """CLI: parse the SyntheticConfig flags, generate, print a one-line summary (or the flags, for --help)."""
     import configuration_sketch as cs
 
-    if len(argv) > 1:
-        print(f"synthetic: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+    usage = ("usage: python -m data_prep.synthetic --out DIR [--per_class N] [--seed S] [--classes a,b] "
+             "[--workers N]\n\n" + __doc__.strip())
+    parsed = cs.parse_command(argv, [cs.SyntheticConfig], "synthetic", usage)
+    if isinstance(parsed, int):
+        return parsed
+    rest, flag_values = parsed
+    if len(rest) > 1:
+        print(f"synthetic: unexpected arguments {rest[1:]}", file=sys.stderr)
         return 2
-    config = cs.from_flags(cs.SyntheticConfig, flags.FLAGS)
+    config = cs.from_flags(cs.SyntheticConfig, flag_values)
     classes = [c.strip() for c in config.classes.split(",") if c.strip()] or None
     try:
         summary = generate(config.out, classes=classes, per_class=config.per_class, seed=config.seed,
@@ -659,9 +663,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    import configuration_sketch as cs
-
-    cs.define_flags(cs.SyntheticConfig)
-    app.run(main)
+    sys.exit(main(sys.argv))

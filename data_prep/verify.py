@@ -167,7 +167,12 @@ def verify(data_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from configuration_sketch import help_requested
+
     argv = sys.argv[1:] if argv is None else argv
+    if help_requested(["verify", *argv]):  # no flags: the usage and what is checked
+        print(f"usage: python -m data_prep.verify DATA_DIR\n\n{__doc__.strip()}")
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m data_prep.verify DATA_DIR", file=sys.stderr)
         return 2
