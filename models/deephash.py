@@ -70,14 +70,14 @@ def build_deephash(
 def codes_from_outputs(u) -> np.ndarray:
     """Packed binary codes (N, bits / 8) uint8 from tanh outputs u (N, bits): bit = u > 0, np.packbits order.
 
-    The same rule and byte layout as retrieval.ranking.pack_codes (big-endian bits, 8 per byte),
-    so the codes go straight to the Hamming evaluator.
+    The packing is retrieval.ranking.pack_codes itself (the Hamming evaluator's format, one
+    implementation); this adds the checks that model outputs must pass: real and finite.
     """
+    from retrieval.ranking import pack_codes
+
     u = np.asarray(u)
-    if u.ndim != 2:
-        raise ValueError(f"codes_from_outputs expects a 2-D array (items x bits). Received shape {u.shape}.")
     if not np.issubdtype(u.dtype, np.floating):
         raise ValueError(f"codes_from_outputs expects real outputs u in (-1, 1). Received dtype {u.dtype}.")
     if not np.isfinite(u).all():
         raise ValueError(f"codes_from_outputs received {int((~np.isfinite(u)).sum())} non-finite values.")
-    return np.packbits(u > 0, axis=1)
+    return pack_codes(u)

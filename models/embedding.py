@@ -35,8 +35,8 @@ import tensorflow as tf
 from models import losses
 from models.miners import PAIR_MINERS, TRIPLET_MINERS
 from models.registry import check_dimensions, check_fraction
-from models.sknet import BLOCK_FILTERS, apply_conv_bn_relu, apply_sknet_block
-from models.skresnet import BLOCKS_PER_STAGE, STAGE_FILTERS, apply_residual_block, apply_transition
+from models.sknet import apply_sknet_trunk
+from models.skresnet import apply_skresnet_trunk
 
 if TYPE_CHECKING:
     from configuration_sketch import EmbeddingConfig
@@ -82,21 +82,13 @@ def _apply_fc(x, *, dropout: float):
 
 def apply_sknet_backbone(x, *, bn_momentum: float, dropout: float):
     """skNet's four conv blocks (models/sknet.py) and its 1024-unit ReLU layer."""
-    for i, filters in enumerate(BLOCK_FILTERS, start=1):
-        x = apply_sknet_block(x, filters, bn_momentum=bn_momentum, name=f"block{i}")
+    x = apply_sknet_trunk(x, bn_momentum=bn_momentum)
     return _apply_fc(x, dropout=dropout)
 
 
 def apply_skresnet_backbone(x, *, bn_momentum: float, dropout: float):
     """skResNet's stem, three residual stages and final convolution (models/skresnet.py), then `fc`."""
-    x = apply_conv_bn_relu(x, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_1")
-    x = apply_transition(x, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_2")
-    for s, filters in enumerate(STAGE_FILTERS, start=1):
-        if s > 1:
-            x = apply_transition(x, filters, bn_momentum=bn_momentum, name=f"transition{s}")
-        for b in range(1, BLOCKS_PER_STAGE + 1):
-            x = apply_residual_block(x, filters, bn_momentum=bn_momentum, name=f"stage{s}_block{b}")
-    x = apply_transition(x, STAGE_FILTERS[-1], bn_momentum=bn_momentum, name="final")
+    x = apply_skresnet_trunk(x, bn_momentum=bn_momentum)
     return _apply_fc(x, dropout=dropout)
 
 

@@ -41,6 +41,14 @@ def apply_sknet_block(x, filters: int, *, bn_momentum: float, name: str):
     return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
 
 
+def apply_sknet_trunk(x, *, bn_momentum: float):
+    """The convolutional trunk: the four blocks of BLOCK_FILTERS. The classifier (build_sknet) and the
+    embedding backbone (models.embedding) both use it."""
+    for i, filters in enumerate(BLOCK_FILTERS, start=1):
+        x = apply_sknet_block(x, filters, bn_momentum=bn_momentum, name=f"block{i}")
+    return x
+
+
 def apply_classifier_head(x, num_classes: int, *, dropout: float):
     """Flatten, the 1024-unit ReLU `features` layer, optional dropout, float32 linear `logits`."""
     x = keras.layers.Flatten(name="flatten")(x)
@@ -65,8 +73,6 @@ def build_sknet(
     check_fraction("sknet", "bn_momentum", bn_momentum)
     check_fraction("sknet", "dropout", dropout)
     inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
-    for i, filters in enumerate(BLOCK_FILTERS, start=1):
-        x = apply_sknet_block(x, filters, bn_momentum=bn_momentum, name=f"block{i}")
+    x = apply_sknet_trunk(inputs, bn_momentum=bn_momentum)
     logits = apply_classifier_head(x, num_classes, dropout=dropout)
     return keras.Model(inputs, logits, name=name)

@@ -49,6 +49,22 @@ def apply_transition(x, filters: int, *, bn_momentum: float, name: str):
     return apply_max_pool(x, name=f"{name}_pool")
 
 
+def apply_skresnet_trunk(x, *, bn_momentum: float):
+    """The convolutional trunk: stem, three residual stages with transitions, final convolution and pool.
+
+    The classifier (build_skresnet) and the embedding backbone (models.embedding) both use it.
+    """
+    x = apply_conv_bn_relu(x, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_1")
+    x = apply_transition(x, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_2")
+    for s, filters in enumerate(STAGE_FILTERS, start=1):
+        if s > 1:
+            x = apply_transition(x, filters, bn_momentum=bn_momentum, name=f"transition{s}")
+        for b in range(1, BLOCKS_PER_STAGE + 1):
+            x = apply_residual_block(x, filters, bn_momentum=bn_momentum, name=f"stage{s}_block{b}")
+    x = apply_transition(x, STAGE_FILTERS[-1], bn_momentum=bn_momentum, name="final")
+    return x
+
+
 @register("skresnet")
 def build_skresnet(
     input_size: int,
@@ -64,13 +80,6 @@ def build_skresnet(
     check_fraction("skresnet", "bn_momentum", bn_momentum)
     check_fraction("skresnet", "dropout", dropout)
     inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = apply_conv_bn_relu(inputs, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_1")
-    x = apply_transition(x, STAGE_FILTERS[0], bn_momentum=bn_momentum, name="stem_2")
-    for s, filters in enumerate(STAGE_FILTERS, start=1):
-        if s > 1:
-            x = apply_transition(x, filters, bn_momentum=bn_momentum, name=f"transition{s}")
-        for b in range(1, BLOCKS_PER_STAGE + 1):
-            x = apply_residual_block(x, filters, bn_momentum=bn_momentum, name=f"stage{s}_block{b}")
-    x = apply_transition(x, STAGE_FILTERS[-1], bn_momentum=bn_momentum, name="final")
+    x = apply_skresnet_trunk(inputs, bn_momentum=bn_momentum)
     logits = apply_classifier_head(x, num_classes, dropout=dropout)
     return keras.Model(inputs, logits, name=name)

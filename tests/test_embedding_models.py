@@ -251,6 +251,23 @@ def test_codes_from_outputs_bad_input(value, message):
         codes_from_outputs(value)
 
 
+@pytest.mark.parametrize("backbone, last", [("sknet", "block4_pool"), ("skresnet", "final_pool")])
+def test_embedding_backbones_are_the_classifiers_trunk(backbone, last):
+    """One trunk function per network: the embedding model holds the classifier's trunk layers, same names
+    in the same order, and with the classifier's weights its trunk computes the same output."""
+    classifier = build(backbone, size=32)
+    embedder = build("triplet", size=32, backbone=backbone, embedding_dim=8)
+    names = [layer.name for layer in classifier.layers]
+    trunk = classifier.layers[: names.index(last) + 1]
+    assert [layer.name for layer in embedder.layers[: len(trunk)]] == [layer.name for layer in trunk]
+    for layer in trunk:
+        embedder.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    expected = keras.Model(classifier.inputs, classifier.get_layer(last).output)(x, training=False)
+    got = keras.Model(embedder.inputs, embedder.get_layer(last).output)(x, training=False)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
 def test_outputs_are_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
