@@ -436,3 +436,36 @@ def test_start_weights_resume_wins_over_ckpt_which_warm_starts_a_fresh_run(tmp_p
     assert int(again.optimizer.iterations.numpy()) == 2
     with pytest.raises(trainer.ToolError, match="-ckpt .* is not a file"):
         trainer._start_weights(tiny_model(), CheckpointStore(tmp_path / "none"), str(tmp_path / "missing.keras"))
+
+
+def test_warm_start_and_evaluate_load_a_ckpt_file_alike(tmp_path):
+    """-ckpt PATH: training's warm start and the loader of evaluate/test/export give the run's model the
+    file's weights (.keras or .weights.h5) and refuse a missing or misfitting file with the same error."""
+    from types import SimpleNamespace
+
+    source = tiny_model(seed=3)
+    source.save(tmp_path / "w.keras")
+    source.save_weights(tmp_path / "w.weights.h5")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(5)]).save(tmp_path / "other.keras")
+
+    def via_train(path):
+        model = tiny_model(seed=4)
+        trainer._start_weights(model, CheckpointStore(tmp_path / "none"), str(path))
+        return model
+
+    def via_evaluate(path):
+        run = SimpleNamespace(train=SimpleNamespace(ckpt=str(path), mixed_precision=False), model_dir=tmp_path)
+        model, where = trainer.load_weights_for(run, SimpleNamespace(build_model=lambda run: tiny_model(seed=4)))
+        assert where == str(path)
+        return model
+
+    for load in (via_train, via_evaluate):
+        for name in ("w.keras", "w.weights.h5"):
+            loaded = load(tmp_path / name).get_weights()
+            assert len(loaded) == len(source.get_weights())
+            for expected, got in zip(source.get_weights(), loaded):
+                np.testing.assert_array_equal(got, expected)
+        with pytest.raises(trainer.ToolError, match=r"-ckpt '.*missing\.keras' is not a file"):
+            load(tmp_path / "missing.keras")
+        with pytest.raises(trainer.ToolError, match=r"-ckpt '.*other\.keras' does not fit the run's model"):
+            load(tmp_path / "other.keras")

@@ -332,6 +332,23 @@ def _fit_segments(step: int, per_epoch: int, epochs: int) -> list[tuple[int, int
     return [(epoch, per_epoch)]
 
 
+def load_weights_file(model: keras.Model, ckpt: str) -> None:
+    """Load the weights of the -ckpt file `ckpt` into `model`, the run's own architecture: a .keras model
+    file (its weights only) or a .weights.h5 file. ToolError naming the file when it is missing or does not
+    fit. Training's warm start and evaluate/test/export's -ckpt PATH both load through here."""
+    path = pathlib.Path(ckpt)
+    if not path.is_file():
+        raise ToolError(f"-ckpt {ckpt!r} is not a file (expected a .keras or .weights.h5 file; evaluate, test "
+                        "and export also take 'last' or 'best').")
+    try:
+        if path.name.endswith(".keras"):
+            model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+        else:
+            model.load_weights(path)
+    except (OSError, ValueError) as e:
+        raise ToolError(f"-ckpt {ckpt!r} does not fit the run's model: {e}") from None
+
+
 def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str:
     """Resume from the latest checkpoint, else load -ckpt weights, else keep the fresh ones."""
     state = store.latest()
@@ -340,16 +357,7 @@ def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str
         note = f"resuming from {state.file} (step {state.step}, epoch {state.epoch})"
         return note + (f"; -ckpt {ckpt!r} ignored: the run already has checkpoints" if ckpt else "")
     if ckpt:
-        path = pathlib.Path(ckpt)
-        if not path.is_file():
-            raise ToolError(f"-ckpt {ckpt!r} is not a file (a .keras or .weights.h5 file to start from).")
-        try:
-            if path.name.endswith(".keras"):
-                model.set_weights(keras.models.load_model(path, compile=False).get_weights())
-            else:
-                model.load_weights(path)
-        except (OSError, ValueError) as e:
-            raise ToolError(f"-ckpt {ckpt!r} does not fit this model: {e}") from None
+        load_weights_file(model, ckpt)
         return f"starting from the weights of {ckpt}"
     return "starting from fresh weights"
 
@@ -489,16 +497,8 @@ def load_weights_for(run: tasks.Run, task: tasks.Task) -> tuple[keras.Model, str
             raise ToolError(f"No checkpoint in {str(store.directory)!r}: train first (-mode train), or pass "
                             "-ckpt best or -ckpt PATH.")
         return model, str(store.directory / state.file)
-    path = pathlib.Path(ckpt)
-    if not path.is_file():
-        raise ToolError(f"-ckpt {ckpt!r}: no such file (expected 'last', 'best', or a .keras / .weights.h5 path).")
-    try:
-        if path.name.endswith(".keras"):
-            return keras.models.load_model(path, compile=False), str(path)
-        model.load_weights(path)
-    except (OSError, ValueError) as e:
-        raise ToolError(f"-ckpt {ckpt!r} does not fit the run's model: {e}") from None
-    return model, str(path)
+    load_weights_file(model, ckpt)  # a .keras file too goes into the run's own model
+    return model, ckpt
 
 
 def _write_json(path: pathlib.Path, obj: dict) -> None:
