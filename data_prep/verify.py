@@ -4,8 +4,8 @@ Checks, in order: the info file; that each shard's file lies inside the folder, 
 and sha256; that every record parses with the declared features (raw images of the declared byte
 length, encoded images that decode to the declared shape, labels within the classes, and the class
 `classes[label]` equal to the one the record itself names: `word`, or the `<class>/` prefix of an
-`item_id`); per-shard, per-split and per-class counts; and that no id (key_id, or the `id_feature` the info names) appears twice, within or
-across splits, so no test example leaks into training. Exits non-zero naming the first problem.
+`item_id`); per-shard, per-split and per-class counts; and that no id (key_id, or the `id_feature`
+the info names) appears twice, within or across splits, so no test example leaks into training. Exits non-zero naming the first problem.
 """
 
 from __future__ import annotations

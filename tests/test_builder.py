@@ -9,7 +9,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -23,8 +22,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def config_for(source: pathlib.Path, out: pathlib.Path, **overrides) -> QuickDrawBuildConfig:
-    values = dict(source=str(source), format="simplified", categories="cat,airplane", train_per_class=8,
-                  test_per_class=3, out=str(out), shards=2, workers=1, seed=0)
+    values = {"source": str(source), "format": "simplified", "categories": "cat,airplane", "train_per_class": 8,
+              "test_per_class": 3, "out": str(out), "shards": 2, "workers": 1, "seed": 0}
     return QuickDrawBuildConfig(**{**values, **overrides})
 
 
