@@ -79,8 +79,10 @@ def main(argv: Sequence[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     rest, flag_values = parsed
-    if rest[1:] != [command]:
-        print(f"data_prep.quickdraw: unexpected arguments {rest[1:]}; see --help", file=sys.stderr)
+    extra = rest[1:]
+    extra.remove(command)
+    if extra:
+        print(f"data_prep.quickdraw {command}: unexpected arguments {extra}; see --help", file=sys.stderr)
         return 2
     try:
         return run(*(cs.from_flags(cls, flag_values) for cls in classes))

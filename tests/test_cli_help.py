@@ -51,3 +51,14 @@ def test_help_lists_the_commands_own_flags_and_exits_0(argv, expected):
     else:
         assert listed == expected, (sorted(listed - expected), sorted(expected - listed))
     assert "Unknown command line flag" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "extra"], "data_prep.quickdraw build: unexpected arguments ['extra']"),
+    (["build", "--bogus", "1"], "data_prep.quickdraw: Unknown command line flag 'bogus'"),
+    (["download", "--categories", "12"], "error: download needs category names"),
+])
+def test_quickdraw_command_line_errors_are_one_line(argv, message):
+    done = subprocess.run([sys.executable, "-m", "data_prep.quickdraw", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
