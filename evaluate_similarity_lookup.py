@@ -50,8 +50,13 @@ def format_table(report: dict) -> str:
     def fmt(v):
         return "   n/a" if v is None else f"{v:.4f}"
 
-    lines.append(f"{'mAP (all relevant)':<22}{fmt(report['map'])}")
-    lines.append(f"{'R-precision':<22}{fmt(report['r_precision'])}")
+    chance = report.get("chance", {})
+
+    def with_chance(key):
+        return fmt(report[key]) + (f"  (chance {chance[key]:.4f})" if key in chance else "")
+
+    lines.append(f"{'mAP (all relevant)':<22}{with_chance('map')}")
+    lines.append(f"{'R-precision':<22}{with_chance('r_precision')}")
     lines.append(f"{'MAP@R':<22}{fmt(report['map@r'])}")
     ks = report["k"]
     if ks:
@@ -62,6 +67,9 @@ def format_table(report: dict) -> str:
             rows.append(("instance acc@K", "instance_accuracy"))
         for title, key in rows:
             lines.append(f"{title:<22}" + "".join(f"{fmt(report[f'{key}@{k}']):>9}" for k in ks))
+            if any(f"{key}@{k}" in chance for k in ks):
+                lines.append(f"{'  chance':<22}" + "".join(f"{fmt(chance.get(f'{key}@{k}')):>9}" for k in ks))
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     if "instance_queries" in report:
         lines.append(f"instance queries {report['instance_queries']} (without a gallery target: "
                      f"{report['instance_excluded']})")

@@ -39,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig, SketchyBuildConfig  # noqa: E402
 from data_prep import metric_pipelines, quickdraw_build, sketchy  # noqa: E402
+from retrieval.metrics import chance  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -53,23 +54,9 @@ BITS = (16, 32, 64, 128)
 
 
 def chance_report(query_labels, gallery_labels=None, k=(10, 100)) -> dict:
-    """Expected mAP and precision@K of a uniformly random ranking (leave-one-out when no gallery).
-
-    For a query with R relevant among N candidates, E[AP] = (H_N + (R - 1) / (N - 1) * (N - H_N)) / N
-    (H_N the N-th harmonic number; from E[rel(i) rel(m)] = R/N for i = m, R(R-1)/(N(N-1)) otherwise),
-    and E[precision@K] = R / N. Queries with R = 0 are left out, as the evaluator does.
-    """
-    query_labels = np.asarray(query_labels)
-    gallery = query_labels if gallery_labels is None else np.asarray(gallery_labels)
-    counts = dict(zip(*np.unique(gallery, return_counts=True)))
-    relevant = np.array([counts.get(label, 0) for label in query_labels], np.float64)
-    n = len(gallery)
-    if gallery_labels is None:
-        relevant, n = relevant - 1, n - 1
-    relevant = relevant[relevant > 0]
-    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
-    ap = (harmonic + (relevant - 1) / max(n - 1, 1) * (n - harmonic)) / n
-    return {"map": float(ap.mean()), **{f"precision@{x}": float(np.mean(relevant / n)) for x in k if x <= n}}
+    """Expected mAP and precision@K of a uniformly random ranking (retrieval.metrics.chance)."""
+    expected = chance(query_labels, gallery_labels, k)
+    return {key: value for key, value in expected.items() if key == "map" or key.startswith("precision@")}
 
 
 # ---------------------------------------------------------------- data

@@ -17,6 +17,8 @@ of the first i items; rel(i) is 1 when the i-th item is relevant; hits(K) = #{j 
   between labels with equally many votes, the one whose nearest member ranks first wins.
 - instance accuracy (`instance_accuracy@K`): the query's target gallery item (named by its id)
   is among the K nearest.
+- `chance`: the same figures for a uniformly random ranking, from the class counts (`chance`);
+  `notes`: caveats, such as kNN accuracy@K with K larger than the classes.
 
 Queries with R = 0 (leave-one-out: the only member of their class; query/gallery: no gallery
 item of their class) have no AP: they are excluded from every label-based mean and listed under
@@ -133,6 +135,64 @@ def knn_predictions(neighbour_labels: np.ndarray, k: int) -> np.ndarray:
     score = votes * (top.shape[1] + 1) - first  # more votes first, then the nearer member
     best = np.argmax(score, axis=1)
     return grouped[np.arange(num), np.argmax(group == best[:, None], axis=1)]
+
+
+# --------------------------------------------------------------------------------------------- chance
+
+
+def expected_random_ap(num_relevant: np.ndarray, candidates: int) -> np.ndarray:
+    """E[AP] of a uniformly random ranking of `candidates` items holding `num_relevant` relevant ones:
+    (H_N + (R - 1) / (N - 1) * (N - H_N)) / N, H_N the N-th harmonic number (from E[rel(i) rel(m)]
+    = R/N for i = m and R(R-1)/(N(N-1)) otherwise)."""
+    r = np.asarray(num_relevant, np.float64)
+    n = int(candidates)
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    return (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n
+
+
+def expected_random_hit(num_relevant: np.ndarray, candidates: int, k: int) -> np.ndarray:
+    """P(at least one relevant item in the first k) of a random ranking: 1 - C(N-R, k) / C(N, k)."""
+    r = np.asarray(num_relevant, np.float64)
+    i = np.arange(k, dtype=np.float64)
+    miss = np.prod(np.clip((candidates - r[:, None] - i) / (candidates - i), 0, None), axis=1)
+    return 1.0 - miss
+
+
+def chance(query_labels, gallery_labels=None, ks=DEFAULT_K, *, instance: bool = False) -> dict:
+    """What a uniformly random ranking scores on average, from the class counts alone (leave-one-out
+    when `gallery_labels` is None), over the queries `evaluate` includes (R > 0): `map`,
+    precision/recall/hit@K, `r_precision`, `knn_accuracy@1`, and with `instance` the
+    instance_accuracy@K of one target among the candidates. Keys as in the report."""
+    query_labels = np.asarray(query_labels)
+    gallery = query_labels if gallery_labels is None else np.asarray(gallery_labels)
+    values, counts = np.unique(gallery, return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    relevant = np.array([lookup.get(label, 0) for label in query_labels.tolist()], np.float64)
+    n = len(gallery)
+    if gallery_labels is None:
+        relevant, n = relevant - 1, n - 1
+    relevant = relevant[relevant > 0]
+    if not len(relevant) or n < 1:
+        return {}
+    share = float(np.mean(relevant / n))
+    out = {"map": float(expected_random_ap(relevant, n).mean()), "r_precision": share, "knn_accuracy@1": share}
+    for k in (k for k in ks if k <= n):
+        out[f"precision@{k}"] = share
+        out[f"recall@{k}"] = k / n
+        out[f"hit@{k}"] = float(expected_random_hit(relevant, n, k).mean())
+        if instance:
+            out[f"instance_accuracy@{k}"] = k / n
+    return out
+
+
+def knn_notes(query_labels, gallery_labels, ks) -> list[str]:
+    """A caveat for each kNN accuracy@K whose K exceeds the typical class size: most of those K
+    neighbours cannot share the query's class, so the vote says little about the embedding."""
+    gallery = np.asarray(query_labels if gallery_labels is None else gallery_labels)
+    sizes = np.unique(gallery, return_counts=True)[1] - (1 if gallery_labels is None else 0)
+    median = float(np.median(sizes)) if len(sizes) else 0.0
+    return [f"knn_accuracy@{k}: K is larger than the median class ({median:g} relevant items), so at most "
+            f"{median:g} of the {k} neighbours can share a typical query's class" for k in ks if k > median]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +331,9 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
         for x in used_k:
             hits = (target_rank[has_target] >= 1) & (target_rank[has_target] <= x)
             report[f"instance_accuracy@{x}"] = float(hits.mean()) if has_target.any() else None
+    report["chance"] = chance(query_labels, None if leave_one_out else gallery_labels_arr, used_k,
+                              instance=targets is not None)
+    report["notes"] = knn_notes(query_labels, None if leave_one_out else gallery_labels_arr, used_k)
     report["pr_curve"] = _pr_curve(rank_hist, recall_hist, n_eval, candidates, pr_points)
     report["timing"] = {
         "seconds": round(time.perf_counter() - start_time, 4),

@@ -573,3 +573,52 @@ def test_real_drawings_through_a_conv_net_match_loops_and_sklearn(quickdraw_dir)
         aps = [average_precision_score(np.delete(y == y[i], i), -np.delete(d[i], i)) for i in range(len(y))]
         assert report["map"] == pytest.approx(np.mean(aps), abs=1e-5)
         assert report["map"] > 1.5 / 20  # an untrained net already groups real drawings above chance
+
+
+def test_chance_equals_the_average_over_every_random_placement():
+    """E[AP], E[hit@K] and E[precision@K] of a random ranking, by enumerating every placement of the
+    R relevant items among N candidates (an independent computation of the closed forms)."""
+    import itertools
+
+    from retrieval.metrics import expected_random_ap, expected_random_hit
+
+    for n, r in ((12, 3), (9, 1), (10, 10), (8, 5)):
+        aps, hits3, prec4 = [], [], []
+        for positions in itertools.combinations(range(1, n + 1), r):
+            aps.append(np.mean([(j + 1) / rank for j, rank in enumerate(positions)]))
+            hits3.append(float(positions[0] <= 3))
+            prec4.append(sum(p <= 4 for p in positions) / 4)
+        assert expected_random_ap(np.array([r]), n)[0] == pytest.approx(np.mean(aps), rel=1e-12)
+        assert expected_random_hit(np.array([r]), n, 3)[0] == pytest.approx(np.mean(hits3), rel=1e-12)
+        assert r / n == pytest.approx(np.mean(prec4), rel=1e-12)
+
+
+def test_report_gives_chance_and_random_features_score_it():
+    """Leave-one-out and query/gallery reports carry `chance` from the class counts; random features
+    land near it (3 classes of unequal size, 600 items), and the table prints it."""
+    import evaluate_similarity_lookup as cli
+    from retrieval.metrics import chance, evaluate, expected_random_ap
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [100, 200, 300])
+    report = evaluate(rng.standard_normal((600, 16)).astype(np.float32), labels, k=(1, 10, 100))
+    expected_map = np.mean(np.concatenate([expected_random_ap(np.full(c, c - 1), 599) for c in (100, 200, 300)]))
+    assert report["chance"]["map"] == pytest.approx(expected_map, rel=1e-9)
+    share = (100 * 99 + 200 * 199 + 300 * 299) / 600 / 599
+    assert report["chance"]["precision@10"] == pytest.approx(share, rel=1e-9)
+    assert abs(report["map"] - report["chance"]["map"]) < 0.02
+    assert abs(report["precision@100"] - share) < 0.02
+    table = cli.format_table(report)
+    assert f"(chance {report['chance']['map']:.4f})" in table
+    gallery_labels = np.repeat([0, 1], [5, 45])
+    cross = chance(np.array([0, 1, 1, 2]), gallery_labels, (1, 10), instance=True)
+    assert cross["precision@10"] == pytest.approx((5 / 50 + 45 / 50 * 2) / 3)  # label 2: no gallery item, left out
+    assert cross["instance_accuracy@10"] == pytest.approx(10 / 50)
+
+
+def test_knn_accuracy_beyond_the_class_size_carries_a_note():
+    from retrieval.metrics import evaluate
+
+    labels = np.repeat(np.arange(20), 5)
+    report = evaluate(np.random.default_rng(1).standard_normal((100, 8)).astype(np.float32), labels, k=(1, 10))
+    assert len(report["notes"]) == 1 and report["notes"][0].startswith("knn_accuracy@10: K is larger")
