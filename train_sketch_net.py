@@ -89,10 +89,22 @@ def summarize(mode: str, result: dict) -> str:
         return (f"evaluate ({result['split']}, {result['num_examples']} images): loss {result['loss']:.4f}, "
                 f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f}")
     if mode == "test":
-        return f"test: leave-one-out L2 mAP {result['map']:.4f} over {result['num_queries']} test images"
+        line = (f"test: leave-one-out L2 mAP {result['map']:.4f}{chance_of(result)} over {result['num_queries']} "
+                "test images")
+        cross = result.get("sketch_to_photo")
+        if cross:  # Sketchy: the mixed-domain figure above, and the protocol's sketch queries against photos
+            line += (f"; sketch-to-photo mAP {cross['map']:.4f}{chance_of(cross)} ({cross['num_queries']} sketches, "
+                     f"{cross['num_gallery']} photos)")
+        return line
     lite = result.get("tflite")
     return (f"export: {result['export_dir']} (trained on {result['polarity']} images"
             + (f"; TensorFlow Lite: {lite['file']}, {lite['quantization']})" if lite else ")"))
+
+
+def chance_of(report: dict) -> str:
+    """' (chance 0.0123)' from a retrieval report's `chance` map, or '' when it has none."""
+    value = (report.get("chance") or {}).get("map")
+    return "" if value is None else f" (chance {value:.4f})"
 
 
 def main(argv: Sequence[str]) -> int:

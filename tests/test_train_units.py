@@ -469,3 +469,20 @@ def test_warm_start_and_evaluate_load_a_ckpt_file_alike(tmp_path):
             load(tmp_path / "missing.keras")
         with pytest.raises(trainer.ToolError, match=r"-ckpt '.*other\.keras' does not fit the run's model"):
             load(tmp_path / "other.keras")
+
+
+def test_test_summary_prints_chance_and_the_sketch_to_photo_figure():
+    """-mode test's line gives chance beside mAP, and on Sketchy the sketch-to-photo protocol's mAP
+    too (it was only in the JSON), each computed by retrieval.metrics from the labels."""
+    import train_sketch_net
+    from retrieval.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 3], 10)
+    mixed = evaluate(rng.standard_normal((40, 8)).astype(np.float32), labels, k=(1, 10))
+    cross = evaluate(rng.standard_normal((12, 8)).astype(np.float32), labels[::10].repeat(3),
+                     rng.standard_normal((8, 8)).astype(np.float32), np.repeat([0, 1, 2, 3], 2), k=(1,))
+    line = train_sketch_net.summarize("test", {**mixed, "sketch_to_photo": cross})
+    assert f"mAP {mixed['map']:.4f} (chance {mixed['chance']['map']:.4f}) over 40 test images" in line
+    assert f"sketch-to-photo mAP {cross['map']:.4f} (chance {cross['chance']['map']:.4f}) (12 sketches, 8 photos)" in line
+    assert cross["chance"]["map"] > mixed["chance"]["map"]  # 2 of 8 photos relevant against 9 of 39 items

@@ -257,7 +257,7 @@ def retrieval_report(embedded: Embedded, codes: bool = False, k: Sequence[int] =
 
 def summary_of(report: dict) -> dict:
     """The headline numbers of a retrieval report."""
-    return {key: report[key] for key in ("mode", "metric", "num_queries", "num_gallery", *SUMMARY_KEYS)
+    return {key: report[key] for key in ("mode", "metric", "num_queries", "num_gallery", *SUMMARY_KEYS, "chance")
             if key in report}
 
 
@@ -490,7 +490,9 @@ class MetricLearningTask(Task):
             (" Hamming" if codes else " L2")
         extra = (f" (float u: {report['float_map']:.4f}; exact Hamming ranking "
                  f"time: L2 / Hamming {report['search']['ranking']['l2_over_hamming']:.2f})") if codes else ""
-        report["summary"] = f"test: {what} mAP {report['map']:.4f} over {report['num_queries']} queries{extra}"
+        chance = report.get("chance", {}).get("map")
+        report["summary"] = (f"test: {what} mAP {report['map']:.4f}" + (f" (chance {chance:.4f})" if chance else "")
+                             + f" over {report['num_queries']} queries{extra}")
         return report
 
     def _write_features(self, run: Run, embedded: Embedded, codes: bool) -> dict:
