@@ -86,8 +86,10 @@ def summarize(mode: str, result: dict) -> str:
             parts.append(f"run folder {size / 1e6:.1f} MB")
         return f"train: step {result['final_step']} of {result['total_steps']}" + (f"; {', '.join(parts)}" if parts else "")
     if mode == "evaluate":
+        chance = result.get("chance") or {}
         return (f"evaluate ({result['split']}, {result['num_examples']} images): loss {result['loss']:.4f}, "
-                f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f}")
+                f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f}"
+                + (f" (chance {chance['top1_accuracy']:.4f} and {chance['top5_accuracy']:.4f})" if chance else ""))
     if mode == "test":
         line = (f"test: leave-one-out L2 mAP {result['map']:.4f}{chance_of(result)} over {result['num_queries']} "
                 "test images")

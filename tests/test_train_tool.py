@@ -167,6 +167,9 @@ def test_evaluate_agrees_with_an_independent_computation(trained, quickdraw_28px
     for key in ("loss", "top1_accuracy", "top5_accuracy"):
         assert result[key] == pytest.approx(expected[key], abs=1e-5)
     assert result["checkpoint"].endswith(state["file"])
+    assert result["chance"] == {"top1_accuracy": 1 / 8, "top5_accuracy": 5 / 8}  # 8 classes, uniform guessing
+    assert f"top-1 {result['top1_accuracy']:.4f}, top-5 {result['top5_accuracy']:.4f} (chance 0.1250 and 0.6250)" \
+        in train_sketch_net.summarize("evaluate", result)
     best = run_api(mode="evaluate", model_dir=str(trained), ckpt="best")
     assert best["checkpoint"].endswith("best.keras")
     history = json.loads((trained / "train_history.json").read_text())["epochs"]

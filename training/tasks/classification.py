@@ -85,6 +85,7 @@ class ClassificationTask(Task):
             raise ValueError(f"the model has {logits.shape[1]} outputs but the data set at {run.data_path!r} "
                              f"has {len(names)} classes.")
         result = evaluation.classification_metrics(logits, labels, k=5)
+        result["chance"] = {"top1_accuracy": 1 / len(names), "top5_accuracy": min(5, len(names)) / len(names)}
         matrix = classification_metrics.confusion_matrix(labels, np.argmax(logits, axis=1), len(names))
         png = run.model_dir / f"confusion_{split}.png"
         plots.plot_confusion(matrix, names, png, title=f"{run.model.model}, {split} split: top-1 "
