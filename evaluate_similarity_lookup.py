@@ -18,6 +18,7 @@ Metric definitions: retrieval/metrics.py and the README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -74,6 +75,19 @@ def format_table(report: dict) -> str:
         lines.append(f"instance queries {report['instance_queries']} (without a gallery target: "
                      f"{report['instance_excluded']})")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress_bar(what: str):
+    """A `progress(done, total)` callback drawing a tqdm bar on the terminal (none when stderr is not one)."""
+    from tqdm import tqdm
+
+    with tqdm(desc=what, unit=" items", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int | None = None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def run_evaluate(config: cs.EvalConfig) -> int:
@@ -153,12 +167,14 @@ def run_index(config: cs.EvalConfig) -> int:
     out = config.out or default_index_dir(config.model)
     args = dict(metric=metric, approximate=config.approximate, nlist=config.ivf_nlist, nprobe=config.ivf_nprobe,
                 hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model))
-    if config.data_path:
-        index = index_dataset(model, config.data_path, config.split, polarity=config.polarity,
-                              thumbnail_size=config.thumbnail_size, **args)
-    elif config.images:
-        index = index_image_folder(model, config.images, polarity=config.polarity,
-                                   thumbnail_size=config.thumbnail_size, **args)
+    if config.data_path or config.images:
+        with progress_bar("embedding") as progress:
+            if config.data_path:
+                index = index_dataset(model, config.data_path, config.split, polarity=config.polarity,
+                                      thumbnail_size=config.thumbnail_size, progress=progress, **args)
+            else:
+                index = index_image_folder(model, config.images, polarity=config.polarity,
+                                           thumbnail_size=config.thumbnail_size, progress=progress, **args)
     else:
         feats, fs = _index_features(config, meta, metric)
         thumbs = None

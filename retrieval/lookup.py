@@ -188,10 +188,11 @@ def embed_files(model, paths, *, metric: str = "l2", polarity: str = "auto", bat
 
 
 def index_image_folder(model, root, *, metric: str, polarity: str = "auto", approximate: str = "none",
-                       thumbnail_size: int = 64, model_dir: str = "", **index_args) -> GalleryIndex:
-    """Embed every image of a class-folder tree and index it, with paths and thumbnails."""
+                       thumbnail_size: int = 64, model_dir: str = "", progress=None, **index_args) -> GalleryIndex:
+    """Embed every image of a class-folder tree and index it, with paths and thumbnails;
+    `progress(done, total)` after each batch."""
     paths, labels, classes = list_image_folder(root)
-    vectors = embed_files(model, paths, metric=metric, polarity=polarity)
+    vectors = embed_files(model, paths, metric=metric, polarity=polarity, progress=progress)
     thumbs = np.stack([thumbnail(p, thumbnail_size) for p in paths]) if thumbnail_size > 0 else None
     return build_index(vectors, labels, ids=[p.stem for p in paths], metric=metric, approximate=approximate,
                        class_names=classes, image_paths=[os.fspath(p.resolve()) for p in paths],
@@ -212,8 +213,9 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
                   thumbnail_size: int = 64, batch_size: int = 256, model_dir: str = "", progress=None,
                   **index_args) -> GalleryIndex:
     """Embed every record of one split of a data set folder (its stored pixels, through the
-    model's `images` endpoint) and index it with the records' ids and thumbnails. A record the
-    reader cannot read is a QueryError naming the shard: an index never silently lacks items."""
+    model's `images` endpoint) and index it with the records' ids and thumbnails; `progress(done,
+    total)` after each batch. A record the reader cannot read is a QueryError naming the shard: an
+    index never silently lacks items."""
     from data_prep import tfrecords
     from serving import batch_inputs
 
@@ -222,7 +224,9 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
     meta = model.meta
     sources = batch_inputs.discover(os.fspath(data_path), split)
     settings = batch_inputs.ReadSettings(meta["image_size"], meta["channels"], meta.get("raster") or {})
-    class_names = tfrecords.read_dataset_info(data_path)["classes"]  # a gallery may hold classes the model lacks
+    info = tfrecords.read_dataset_info(data_path)
+    class_names = info["classes"]  # a gallery may hold classes the model lacks
+    total = sum(s["num_examples"] for name, s in info["splits"].items() if split in ("all", name))
     label_of = {name: i for i, name in enumerate(class_names)}
     invert = meta.get("polarity") == "white_on_black"
     vectors, labels, ids, thumbs, pending = [], [], [], [], []
@@ -234,7 +238,7 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
             thumbs.extend(drawing_thumbnail(image, thumbnail_size, invert) for image in batch)
         pending.clear()
         if progress is not None:
-            progress(len(labels))
+            progress(len(labels), total)
 
     for source in sources:
         for item in batch_inputs.read_source(source, settings):

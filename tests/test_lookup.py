@@ -269,6 +269,12 @@ def test_index_a_data_set_split_with_drawing_thumbnails(trained_bitmap_export, q
     distances, found = index.search(features[:5], 1)
     assert found[:, 0].tolist() == list(range(5)) and np.all(distances[:, 0] < 1e-3)
     np.testing.assert_array_equal(index.thumbnails[..., 0], 255 - images[..., 0])
+    from retrieval.lookup import index_dataset
+
+    calls = []
+    index_dataset(serving_model.load(trained_bitmap_export.export_dir), quickdraw_28px, "test", metric="l2",
+                  batch_size=16, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(16, 38), (32, 38), (38, 38)]  # the index CLI's progress bar is fed by these
     with pytest.raises(ValueError, match="one of --images"):
         cli.run_index(cs.EvalConfig(model=str(trained_bitmap_export.export_dir), data_path=str(quickdraw_28px),
                                     images=str(tmp_path)))

@@ -11,34 +11,18 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # noqa: E402
-
 import configuration_sketch as cs  # noqa: E402
 
 
-def parse_flags(argv: list[str]) -> cs.ServeConfig | int:
-    """The config from the command line, or an exit code: 0 after --help, 2 after a bad flag."""
-    flag_values = flags.FlagValues()
-    cs.define_flags(cs.ServeConfig, flag_values)
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(flag_values.module_help(cs.__name__))
-        return 0
-    try:
-        rest = flag_values(argv)[1:]
-    except flags.Error as err:
-        print(f"webapp: {err}", file=sys.stderr)
-        return 2
-    if rest:
-        print(f"webapp: unexpected arguments {rest}; see python -m webapp --help", file=sys.stderr)
-        return 2
-    return cs.from_flags(cs.ServeConfig, flag_values)
-
-
 def main(argv: list[str]) -> int:
-    config = parse_flags(argv)
-    if isinstance(config, int):
-        return config
+    parsed = cs.parse_command(argv, [cs.ServeConfig], "webapp", __doc__)
+    if isinstance(parsed, int):
+        return parsed
+    rest, flag_values = parsed
+    if rest[1:]:
+        print(f"webapp: unexpected arguments {rest[1:]}; see python -m webapp --help", file=sys.stderr)
+        return 2
+    config = cs.from_flags(cs.ServeConfig, flag_values)
     from serving.export import ExportError
     from serving.quiet import stderr_to_log
     from webapp.app import create_app
