@@ -6,9 +6,10 @@ depend on the weights) exported by serving.export, and a gallery index of 10,000
 ../shared/data/quickdraw rendered at 28 px), served by webapp on uvicorn in a thread. Queries are
 real drawings of ../shared/data/quickdraw (simplified and raw, the bitmap classes), timed:
 - baseline: what the server must do at least, in process: render the strokes (serving.strokes),
-  the model's classify and embed endpoints (ExportedModel.run), the faiss search;
-- server: the two HTTP requests the page sends per update (/api/classify and /api/search, in
-  parallel, JSON strokes) from a client on 127.0.0.1: round trip, and the handlers' own time;
+  one call of the model's classify endpoint (ExportedModel.run: classes and the embedding), the
+  faiss search;
+- server: the HTTP request the page sends per update (/api/recognize, JSON strokes) from a client
+  on 127.0.0.1: round trip, and the handler's own time;
 - browser: Debian's chromium (Playwright) replays each drawing as mouse events on the page, and
   the page's own clock measures from the last pointer event (pointerup) to the shown guesses.
 p50 and p95 of each, and each p95 as a ratio to the baseline's of the same run.
@@ -19,7 +20,6 @@ Run: `python -m bench.webapp` (about 3 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import json
 import os
@@ -113,10 +113,8 @@ def baseline(service, drawings: list, repeats: int) -> list[float]:
         for drawing in drawings:
             started = time.perf_counter()
             strokes = [np.asarray(s, np.float32)[:3].T for s in drawing]
-            pixels = stroke_pixels(strokes, service.meta)[None]
-            service.model.run("images", pixels, head="classify")
-            service.index.search(index_vectors(service.model.run("images", pixels, head="embed"),
-                                               service.index.metric), service.k)
+            outputs = service.model.run("images", stroke_pixels(strokes, service.meta)[None], head="classify")
+            service.index.search(index_vectors(outputs, service.index.metric), service.k)
             times.append(1000 * (time.perf_counter() - started))
     return times
 
@@ -125,16 +123,15 @@ def http_round_trips(url: str, drawings: list, repeats: int) -> tuple[list[float
     import httpx
 
     round_trips, handlers = [], []
-    with httpx.Client(base_url=url, timeout=30) as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with httpx.Client(base_url=url, timeout=30) as client:
         for _ in range(repeats):
             for drawing in drawings:
                 body = orjson.dumps({"drawing": drawing})
                 started = time.perf_counter()
-                answers = list(pool.map(lambda path: client.post(path, content=body, headers={
-                    "Content-Type": "application/json"}), ("/api/classify", "/api/search")))
+                answer = client.post("/api/recognize", content=body, headers={"Content-Type": "application/json"})
                 round_trips.append(1000 * (time.perf_counter() - started))
-                assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-                handlers.append(max(a.json()["milliseconds"] for a in answers))
+                assert answer.status_code == 200, answer.text
+                handlers.append(answer.json()["milliseconds"])
     return round_trips, handlers
 
 
@@ -205,7 +202,7 @@ def main() -> None:
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(f"{'':<30}{'p50 ms':>9}{'p95 ms':>9}{'p95/baseline':>14}")
     for key, label in (("baseline_ms", "baseline (in process)"), ("handler_ms", "server handlers"),
-                       ("http_round_trip_ms", "HTTP round trip (2 requests)"), ("browser_ms", "browser: pointerup->shown")):
+                       ("http_round_trip_ms", "HTTP round trip"), ("browser_ms", "browser: pointerup->shown")):
         r = results[key]
         print(f"{label:<30}{r['p50']:>9.1f}{r['p95']:>9.1f}{r.get('p95_over_baseline_p95', 1.0):>14.2f}")
     print(f"goal: browser p95 < 150 ms: {'met' if results['goal_met'] else 'NOT met'}")

@@ -173,7 +173,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-@pytest.mark.parametrize("route", ["/api/classify", "/api/search"])
+@pytest.mark.parametrize("route", ["/api/classify", "/api/search", "/api/recognize"])
 def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(served, case, route):
     client, _, _ = served
     body, content_type, status = BAD_INPUTS[case]
@@ -290,3 +290,16 @@ def test_a_stalled_client_and_parallel_requests_leave_no_worker_stuck(served):
             together = list(pool.map(classify, drawings))
         stalled.close()
     assert together == alone
+
+
+def test_recognize_answers_classify_and_search_from_one_pass(served):
+    """/api/recognize (what the page asks) equals /api/classify and /api/search for the same drawing."""
+    client, _, _ = served
+    for _, _, drawing in real_drawings("raw", per_class=1)[:3]:
+        both = client.post("/api/recognize", json={"drawing": drawing, "k": 7})
+        assert both.status_code == 200, both.text
+        classes = client.post("/api/classify", json={"drawing": drawing}).json()["classes"]
+        results = client.post("/api/search", json={"drawing": drawing, "k": 7}).json()["results"]
+        assert both.json()["classes"] == classes and both.json()["results"] == results
+    refused = client.post("/api/recognize", json={"drawing": []})
+    assert refused.status_code == 422 and "error" in refused.json()

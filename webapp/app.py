@@ -5,6 +5,7 @@
     GET  /api/model                     classes, image size, kind, index, limits
     POST /api/classify                  strokes or an image -> top classes with probabilities
     POST /api/search                    strokes or an image -> nearest gallery items
+    POST /api/recognize                 both, from one pass of the model (what the page asks)
     GET  /api/items/{item}/thumbnail.png  a gallery item's thumbnail (item: an integer)
 
 Every error is JSON {"error": "..."} with a 4xx status: a body over the byte limit is refused
@@ -118,6 +119,10 @@ def create_app(service: SketchService) -> FastAPI:
     @app.post("/api/search", summary="Nearest gallery items of a drawing (strokes JSON) or an image")
     async def search(request: Request):
         return await run_in_threadpool(service.search, await model_input(request))
+
+    @app.post("/api/recognize", summary="Top classes and nearest gallery items of a drawing, from one model pass")
+    async def recognize(request: Request):
+        return await run_in_threadpool(service.recognize, await model_input(request))
 
     @app.get("/api/model", summary="The model and index being served")
     def describe():

@@ -21,6 +21,10 @@ from webapp.inputs import InputError, Limits, ModelInput
 TOP_CLASSES = 5
 
 
+def elapsed_ms(started: float) -> float:
+    return round(1000 * (time.perf_counter() - started), 2)
+
+
 @dataclasses.dataclass
 class SketchService:
     """An exported model (serving.model) and, optionally, a gallery index built with it."""
@@ -69,33 +73,52 @@ class SketchService:
 
     def classify(self, request: ModelInput) -> dict:
         """The top classes with their probabilities (highest first; ties by class order)."""
-        if not self.classifies:
-            raise InputError(409, f"this model ({self.model.kind}) has no classes to recognise: it only "
-                                  "embeds; use /api/search.")
+        self._require_classes()
         started = time.perf_counter()
-        probabilities = self._run("classify", request)["probabilities"][0]
-        k = min(request.k or TOP_CLASSES, len(probabilities))
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        names = self.meta["class_names"]
-        return {"classes": [{"class": names[i], "probability": round(float(probabilities[i]), 6)} for i in order],
-                "input": request.describe(), "milliseconds": round(1000 * (time.perf_counter() - started), 2)}
+        outputs = self._run("classify", request)
+        return {"classes": self._classes(outputs, request.k or TOP_CLASSES), "input": request.describe(),
+                "milliseconds": elapsed_ms(started)}
 
     def search(self, request: ModelInput) -> dict:
         """The k nearest gallery items, each with a thumbnail URL when the index can draw it."""
+        self._require_index()
+        started = time.perf_counter()
+        outputs = self._run("embed", request)
+        return {"results": self._results(outputs, request.k or self.k), "count": len(self.index),
+                "metric": self.index.metric, "input": request.describe(), "milliseconds": elapsed_ms(started)}
+
+    def recognize(self, request: ModelInput) -> dict:
+        """What the page shows, from one pass of the model: the top classes (classifiers) and the
+        nearest gallery items (with an index); a classifier's classify endpoint also gives the
+        embedding the index holds."""
+        started = time.perf_counter()
+        outputs = self._run("classify" if self.classifies else "embed", request)
+        answer = {"classes": self._classes(outputs, TOP_CLASSES) if self.classifies else None,
+                  "results": self._results(outputs, request.k or self.k) if self.index is not None else None}
+        return {**answer, "input": request.describe(), "milliseconds": elapsed_ms(started)}
+
+    def _require_classes(self) -> None:
+        if not self.classifies:
+            raise InputError(409, f"this model ({self.model.kind}) has no classes to recognise: it only "
+                                  "embeds; use /api/search.")
+
+    def _require_index(self) -> None:
         if self.index is None:
             raise InputError(409, "no gallery index is loaded: start the server with --index DIR "
                                   "(evaluate_similarity_lookup.py index).")
-        started = time.perf_counter()
-        vectors = index_vectors(self._run("embed", request), self.index.metric)
-        k = min(request.k or self.k, len(self.index))
-        distances, indices = self.index.search(vectors, k)
-        results = []
-        for row in result_rows(self.index, distances[0], indices[0]):
-            results.append({"rank": row["rank"], "class": row["class"], "distance": round(row["distance"], 6),
-                            "id": row["id"], "item": row["index"],
-                            "thumbnail": f"/api/items/{row['index']}/thumbnail.png" if self.has_thumbnails else None})
-        return {"results": results, "count": len(self.index), "metric": self.index.metric,
-                "input": request.describe(), "milliseconds": round(1000 * (time.perf_counter() - started), 2)}
+
+    def _classes(self, outputs: dict, k: int) -> list[dict]:
+        probabilities = outputs["probabilities"][0]
+        order = np.argsort(-probabilities, kind="stable")[:min(k, len(probabilities))]
+        names = self.meta["class_names"]
+        return [{"class": names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+    def _results(self, outputs: dict, k: int) -> list[dict]:
+        distances, indices = self.index.search(index_vectors(outputs, self.index.metric), min(k, len(self.index)))
+        return [{"rank": row["rank"], "class": row["class"], "distance": round(row["distance"], 6), "id": row["id"],
+                 "item": row["index"],
+                 "thumbnail": f"/api/items/{row['index']}/thumbnail.png" if self.has_thumbnails else None}
+                for row in result_rows(self.index, distances[0], indices[0])]
 
     @property
     def has_thumbnails(self) -> bool:
@@ -119,8 +142,9 @@ class SketchService:
         blank = np.zeros((1, size, size, self.meta["channels"]), np.uint8)
         if self.classifies:
             self.model.run("images", blank, head="classify")
+        embedded = self.model.run("images", blank, head="embed")
         if self.index is not None:
-            self.index.search(index_vectors(self.model.run("images", blank, head="embed"), self.index.metric), 1)
+            self.index.search(index_vectors(embedded, self.index.metric), 1)
 
     __hash__ = object.__hash__  # lru_cache on a method keys on the instance
 

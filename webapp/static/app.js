@@ -110,15 +110,13 @@
     const eventAt = state.lastEventAt;
     state.lastSentAt = performance.now();
     const body = JSON.stringify({drawing: strokes.map(s => [s.xs, s.ys, s.ts])});
-    const ask = path => fetch(path, {method: "POST", body, signal: controller.signal,
-                                     headers: {"Content-Type": "application/json"}}).then(answer);
     try {
-      const [classes, results] = await Promise.all([
-        state.model.classifies ? ask("/api/classify") : null,
-        state.model.search ? ask("/api/search") : null]);
+      // One request, one pass of the model: the classes and the gallery neighbours together.
+      const found = await fetch("/api/recognize", {method: "POST", body, signal: controller.signal,
+                                                   headers: {"Content-Type": "application/json"}}).then(answer);
       if (number < state.shown) return;
       state.shown = number;
-      show(classes, results);
+      show(found.classes, found.results);
       const latency = performance.now() - eventAt;
       sketchApp.latencies.push({ms: latency, final, points: strokes.reduce((n, s) => n + s.xs.length, 0)});
       sketchApp.updates += 1;
@@ -141,8 +139,8 @@
   function show(classes, results) {
     const list = byId("guesses");
     list.replaceChildren();
-    state.top = classes && classes.classes.length ? classes.classes[0] : null;
-    for (const guess of (classes ? classes.classes : [])) {
+    state.top = classes && classes.length ? classes[0] : null;
+    for (const guess of (classes || [])) {
       const item = document.createElement("li");
       item.dataset.class = guess.class;
       item.dataset.probability = guess.probability;
@@ -160,7 +158,7 @@
     }
     const grid = byId("results");
     grid.replaceChildren();
-    for (const result of (results ? results.results : [])) {
+    for (const result of (results || [])) {
       const figure = document.createElement("figure");
       figure.dataset.class = result.class;
       let picture;
