@@ -145,14 +145,15 @@ class EvalConfig:
     examples: int = field(8, "Example queries in the plot grid.")
     plot_seed: int = field(0, "Seed of the plot subsamples and example choice.")
     model: str = field("", "Exported model folder (train_sketch_net.py -mode export) for index, lookup and features.")
-    index: str = field("", "Index folder; empty: <model>/index.")
+    index: str = field("", "Index folder; empty: beside the export (<run>/index for <run>/export, else <model>_index).")
     query: str = field("", "lookup: a sketch .png, or a .ndjson whose first drawing is rasterized.")
-    grid: str = field("", "lookup: PNG grid of the query and its results; empty: <query stem>_lookup.png.")
+    grid: str = field("", "lookup: PNG grid of the query and its results; empty: <index>/lookups/<query stem>_lookup.png.")
     images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
     data_path: str = field("", "index: a data set folder (TFRecords and dataset_info.json) whose --split "
                                "records are embedded and indexed with thumbnails.")
     split: str = field("train", "index --data_path: the split to index.")
-    out: str = field("", "index: output folder; empty: <model>/index.")
+    out: str = field("", "index: output folder; empty: beside the export (<run>/index for <run>/export, else "
+                         "<model>_index).")
     approximate: str = field("none", "index: exact (none) or approximate ivf / hnsw search.",
                              choices=("none", "ivf", "hnsw"))
     ivf_nlist: int = field(0, "index: IVF lists; 0 picks about 4 sqrt(N).")
@@ -190,8 +191,8 @@ class ServeConfig:
     """`python -m webapp` (`make serve`): the drawing page and its JSON API over an exported model."""
 
     model: str = field("", "Exported model folder (train_sketch_net.py -mode export).")
-    index: str = field("", "Gallery index folder (evaluate_similarity_lookup.py index); empty: <model>/index "
-                           "when it exists, else no search.")
+    index: str = field("", "Gallery index folder (evaluate_similarity_lookup.py index); empty: the index "
+                           "beside the export (<run>/index) when it exists, else no search.")
     host: str = field("127.0.0.1", "Address to listen on. 127.0.0.1 serves this machine only; 0.0.0.0 exposes "
                                    "the server to the network (put it behind a proxy that adds TLS).")
     port: int = field(8000, "Port to listen on.")

@@ -211,7 +211,9 @@ def run_lookup(config: cs.EvalConfig) -> int:
     print(f"{'rank':>4} {'distance':>10}  {'class':<24} id")
     for r in rows:
         print(f"{r['rank']:>4} {r['distance']:>10.4f}  {r['class']:<24} {r['id']}")
-    grid = config.grid or str(pathlib.Path(config.query).with_suffix("")) + "_lookup.png"
+    grid = config.grid or os.path.join(config.index or default_index_dir(config.model), "lookups",
+                                       f"{pathlib.Path(config.query).stem}_lookup.png")
+    pathlib.Path(grid).parent.mkdir(parents=True, exist_ok=True)
     tiles = [{"image": result_image(index, r["index"]), "caption": f"{r['rank']}. {r['class']}\nd={r['distance']:.3g}",
               "correct": None} for r in rows]
     plot_result_grid([{"query": {"image": query.display, "caption": "query"}, "results": tiles}], grid,

@@ -226,5 +226,7 @@ def load_index(directory) -> GalleryIndex:
 
 
 def default_index_dir(model_dir) -> str:
-    """Where an index is kept beside an exported model: <model_dir>/index."""
-    return os.path.join(str(model_dir), "index")
+    """Where an index goes unless told: beside the export, never inside it (an export folder stays
+    what the training tool wrote). `<run>/export` -> `<run>/index`; another folder F -> `F_index`."""
+    export = pathlib.Path(model_dir).resolve()
+    return os.fspath(export.parent / ("index" if export.name == "export" else f"{export.name}_index"))

@@ -154,10 +154,12 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
         for p in sorted((sketchy_dir / "photo" / c).glob("*.jpg"))[:5]:
             shutil.copy(p, photos / c / p.name)
 
+    export_files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "exp").rglob("*"))
     done = run("index", "--model", tmp_path / "exp", "--images", photos, "--approximate", "hnsw")
     assert done.returncode == 0, done.stderr
     assert "indexed 15 items (l2, hnsw, 16 dimensions)" in done.stdout
-    assert (tmp_path / "exp" / "index" / "index.faiss").is_file()
+    assert (tmp_path / "exp_index" / "index.faiss").is_file()  # beside the export, which is left as it was
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "exp").rglob("*")) == export_files
 
     sketch = sorted((sketchy_dir / "sketch" / classes[0]).glob("*.png"))[0]
     done = run("lookup", "--model", tmp_path / "exp", "--query", sketch, "--k", 5, "--grid", tmp_path / "g.png")
@@ -171,10 +173,11 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
     assert (tmp_path / "g.png").stat().st_size > 5_000
 
     drawing = quickdraw_dir / "simplified" / "cat.ndjson"
-    done = run("lookup", "--model", tmp_path / "exp", "--query", drawing, "--grid", tmp_path / "d.png")
+    done = run("lookup", "--model", tmp_path / "exp", "--query", drawing)
     assert done.returncode == 0, done.stderr
     assert len([line for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]) == 10
-    assert (tmp_path / "d.png").is_file()
+    grid = tmp_path / "exp_index" / "lookups" / "cat_lookup.png"  # under the index, not beside the query
+    assert grid.is_file() and f"grid: {grid}" in done.stdout
 
     done = run("features", "--model", tmp_path / "exp", "--images", photos, "--out", tmp_path / "f.npz")
     assert done.returncode == 0, done.stderr

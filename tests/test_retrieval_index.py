@@ -105,3 +105,11 @@ def test_bad_input(tmp_path):
     with pytest.raises(GalleryIndexError, match="is not an index folder: missing"):
         load_index(tmp_path)
     assert index.search(x[:1], 1000)[1].shape == (1, 100)  # k is capped at the gallery size
+
+
+def test_the_default_index_folder_is_beside_the_export_never_inside(tmp_path):
+    from retrieval.index import default_index_dir
+
+    assert default_index_dir(tmp_path / "runs" / "sknet" / "export") == str(tmp_path / "runs" / "sknet" / "index")
+    assert default_index_dir(tmp_path / "models" / "mine") == str(tmp_path / "models" / "mine_index")
+    assert default_index_dir(tmp_path / "runs" / "sknet" / "export" / "") == str(tmp_path / "runs" / "sknet" / "index")
