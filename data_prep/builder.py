@@ -26,6 +26,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from data_prep import tfrecords
+from data_prep.atomic_files import write_json_atomic
 
 STAGING_DIR = ".staging"
 STATE_FILE = ".build_state.json"
@@ -95,7 +96,7 @@ def _check_state(out_dir: pathlib.Path, fp: str) -> None:
                 f"{str(out_dir)!r} holds {len(strays)} shard or staging file(s) of an unknown build "
                 f"({', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}) and no {STATE_FILE}. "
                 "Use another --out folder or delete them.")
-        tfrecords.write_json_atomic(state_path, {"build": {"fingerprint": fp}})
+        write_json_atomic(state_path, {"build": {"fingerprint": fp}})
 
 
 def _remove_partial_files(out_dir: pathlib.Path) -> None:
@@ -114,7 +115,7 @@ def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, spli
                disable=not progress, file=sys.stderr)
 
     def finish(i: int, result: dict) -> None:
-        tfrecords.write_json_atomic(_unit_result_path(staging, i), result)
+        write_json_atomic(_unit_result_path(staging, i), result)
         bar.update(1)
 
     if workers <= 1:
@@ -263,7 +264,7 @@ def _build(out_dir: pathlib.Path, fp: str, *, units: list[dict], unit_fn: UnitFn
     if read != records_written + info["records"]["skipped"] + over_quota:
         raise BuildError(f"record accounting failed: read {read} != written {records_written} + skipped "
                          f"{info['records']['skipped']} + over quota {over_quota}")
-    tfrecords.write_json_atomic(info_path, info)
+    write_json_atomic(info_path, info)
     shutil.rmtree(staging, ignore_errors=True)
     (out_dir / STATE_FILE).unlink(missing_ok=True)
     return info

@@ -153,17 +153,6 @@ def count_records(path: str | os.PathLike) -> int:
     return count
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    except OSError as e:  # a full disk: no partial file left, and the error names the file
-        tmp.unlink(missing_ok=True)
-        raise type(e)(e.errno, e.strerror, str(tmp)) from None
-    os.replace(tmp, path)
-
-
 def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
     """Load and check `dataset_info.json`; errors say how to build a data set."""
     data_dir = pathlib.Path(data_dir)

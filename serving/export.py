@@ -27,11 +27,11 @@ one more input kind there, with no change to the heads.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
 
+from data_prep.atomic_files import write_json_atomic
 from serving import preprocess
 
 KINDS = ("classifier", "embedding", "hash")
@@ -302,10 +302,7 @@ def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | N
 
 def write_meta(export_dir, meta: dict) -> None:
     """model_meta.json, written whole under a temporary name and renamed."""
-    path = pathlib.Path(export_dir) / META_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(pathlib.Path(export_dir) / META_FILE, meta)
 
 
 def read_meta(export_dir) -> dict:

@@ -198,14 +198,14 @@ def test_workers_die_with_a_killed_build(tmp_path, quickdraw_dir):
 
 
 def test_full_disk_on_the_state_file_names_it_and_leaves_no_partial_file(tmp_path, quickdraw_dir, monkeypatch):
-    out = tmp_path / "out"
-    real = pathlib.Path.write_text
+    from data_prep import atomic_files
 
-    def full_disk(self, text, *args, **kwargs):
-        real(self, text[:10], *args, **kwargs)  # what fit before the disk filled up
+    out = tmp_path / "out"
+
+    def full_disk(fd):  # the text is in the temporary file's buffers when the disk fills up
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    monkeypatch.setattr(atomic_files.os, "fsync", full_disk)
     with pytest.raises(OSError) as error:
         quickdraw_build.build(config_for(quickdraw_dir / "simplified", out), RasterConfig(image_size=28),
                               progress=False)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data_prep import builder, tfrecords, verify
+from data_prep.atomic_files import write_json_atomic
 from data_prep.pipeline import load_split
 
 SIZE = 8
@@ -137,7 +138,7 @@ def test_resume_skips_shards_already_complete(tmp_path):
     kept = [out / s["file"] for s in info["splits"]["train"]["shards"][:2]]
     stamps = [p.stat().st_mtime_ns for p in kept]
     (out / tfrecords.INFO_FILE).unlink()  # an interrupted build has its state file, not the info
-    tfrecords.write_json_atomic(out / builder.STATE_FILE, {"build": {"fingerprint": info["build"]["fingerprint"]}})
+    write_json_atomic(out / builder.STATE_FILE, {"build": {"fingerprint": info["build"]["fingerprint"]}})
     for shard in info["splits"]["train"]["shards"][2:] + info["splits"]["test"]["shards"]:
         (out / shard["file"]).unlink()
     assert build(out, calls)["splits"] == info["splits"]
@@ -184,3 +185,30 @@ def test_load_split_errors_name_the_problem(tmp_path):
         load_split(out, "valid", 4)
     with pytest.raises(ValueError, match="batch_size"):
         load_split(out, "train", 0)
+
+
+def test_json_files_are_written_whole_by_one_writer(tmp_path, monkeypatch):
+    """Every state, report and meta file goes through data_prep.atomic_files: indented JSON with a final
+    newline, and a failed write leaves the old file and no partial one."""
+    import importlib
+    import json
+    import os
+
+    from data_prep import atomic_files
+
+    target = tmp_path / "state.json"
+    atomic_files.write_json_atomic(target, {"a": [1, 2]})
+    assert target.read_text() == json.dumps({"a": [1, 2]}, indent=2) + "\n"
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic_files.os, "fsync", no_space)
+    with pytest.raises(OSError, match=r"\.state\.json\.tmp-"):
+        atomic_files.write_json_atomic(target, {"b": 3})
+    assert json.loads(target.read_text()) == {"a": [1, 2]} and sorted(os.listdir(tmp_path)) == ["state.json"]
+    for module in ("data_prep.builder", "training.trainer", "training.checkpoints", "training.callbacks",
+                   "serving.export"):
+        source = importlib.import_module(module)
+        assert source.write_json_atomic is atomic_files.write_json_atomic, module
+        assert "os.replace(tmp, path)" not in open(source.__file__).read(), module

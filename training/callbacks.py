@@ -18,6 +18,7 @@ import time
 import keras
 import numpy as np
 
+from data_prep.atomic_files import write_json_atomic
 from training import plots
 from training.checkpoints import CheckpointStore
 
@@ -250,9 +251,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         row["images_per_second"] = round((step - self._start_step) * self.batch_size / max(seconds, 1e-9), 1)
         self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
         if self.is_chief:
-            tmp = self.json_path.with_name(f".{self.json_path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"epochs": self.rows}, indent=2) + "\n")
-            os.replace(tmp, self.json_path)
+            write_json_atomic(self.json_path, {"epochs": self.rows})
             plots.plot_curves(self.rows, self.png_path, self.title)
 
 

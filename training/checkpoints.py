@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import keras
 
+from data_prep.atomic_files import write_json_atomic
+
 STATE_FILE = "state.json"
 PREFIX = "ckpt-"
 SUFFIX = ".weights.h5"
@@ -71,15 +73,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _warn(message: str) -> None:
@@ -168,7 +161,7 @@ class CheckpointStore:
         except CheckpointError:
             earlier = []  # a damaged state.json is replaced by this save
         kept = (earlier + [state])[-self.keep:]
-        _write_json_atomic(self.state_path, {**state.as_dict(), "checkpoints": [r.as_dict() for r in kept]})
+        write_json_atomic(self.state_path, {**state.as_dict(), "checkpoints": [r.as_dict() for r in kept]})
         self._prune({r.file for r in kept})
         return state
 

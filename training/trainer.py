@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
 from data_prep import tfrecords, verify
+from data_prep.atomic_files import write_json_atomic
 from serving import tflite
 from training import callbacks as cb
 from training import presets, tasks
@@ -234,10 +235,7 @@ def save_run_config(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) ->
         "strategy": strategy.describe(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    path = run.model_dir / RUN_CONFIG_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(run.model_dir / RUN_CONFIG_FILE, record)
 
 
 # ---------------------------------------------------------------- training
@@ -501,17 +499,11 @@ def load_weights_for(run: tasks.Run, task: tasks.Task) -> tuple[keras.Model, str
     return model, ckpt
 
 
-def _write_json(path: pathlib.Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def evaluate(run: tasks.Run, task: tasks.Task) -> dict:
     """-mode evaluate: the task's metrics, written to <model_dir>/evaluate.json."""
     model, source = load_weights_for(run, task)
     result = {**task.evaluate(run, model), "checkpoint": source, "data_path": run.data_path}
-    _write_json(run.model_dir / EVALUATE_FILE, result)
+    write_json_atomic(run.model_dir / EVALUATE_FILE, result)
     return result
 
 
@@ -519,7 +511,7 @@ def test(run: tasks.Run, task: tasks.Task) -> dict:
     """-mode test: features and retrieval metrics, written to <model_dir>/similarity.json."""
     model, source = load_weights_for(run, task)
     result = {**task.test(run, model), "checkpoint": source, "data_path": run.data_path}
-    _write_json(run.model_dir / SIMILARITY_FILE, result)
+    write_json_atomic(run.model_dir / SIMILARITY_FILE, result)
     return result
 
 
