@@ -85,7 +85,9 @@ class PipelineConfig:
     """tf.data input pipeline defaults."""
 
     batch_size: int = field(256, "Global batch size.")
-    shuffle_buffer: int = field(10000, "Examples in the shuffle buffer (training only).")
+    classifier_shuffle_buffer: int = field(
+        10000, "Examples in the shuffle buffer of a classifier's training images; -shuffle_buffer is the "
+        "metric-learning streams'.")
     cycle_length: int = field(4, "Shards read in parallel by interleave.")
 
 
@@ -271,7 +273,8 @@ class MetricPipelineConfig:
     pair_mode: str = field("cross_domain", "Pairs: sketch with photo, or two of one domain.",
                            choices=("cross_domain", "same_domain"))
     pair_classes: int = field(8, "Classes drawn together to make pairs (each gives one positive, one negative).")
-    shuffle_buffer: int = field(2000, "Records in the shuffle buffer of the training streams.")
+    shuffle_buffer: int = field(2000, "Records in the shuffle buffer of the metric-learning training streams "
+                                "(P x K batches, pairs); -classifier_shuffle_buffer is the classifiers'.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,23 @@ def test_every_preset_names_only_existing_fields():
         assert configs[TrainConfig].mode == "train"
 
 
+def test_each_pipeline_has_its_own_shuffle_buffer_flag():
+    """-shuffle_buffer is the metric-learning streams' (2000 records), -classifier_shuffle_buffer the
+    classifier's (10000 images): one flag used to set both, with the first config's default."""
+    from absl import flags
+
+    import configuration_sketch as cs
+
+    flag_values = flags.FlagValues()
+    for cls in trainer.config_classes():
+        cs.define_flags(cls, flag_values)
+    assert flag_values["shuffle_buffer"].default == 2000
+    assert flag_values["classifier_shuffle_buffer"].default == 10000
+    configs, _ = trainer.resolve("default", {"shuffle_buffer": 64})
+    assert configs[cs.MetricPipelineConfig].shuffle_buffer == 64
+    assert configs[PipelineConfig].classifier_shuffle_buffer == 10000
+
+
 # ---------------------------------------------------------------- strategy
 
 

@@ -57,7 +57,7 @@ class ClassificationTask(Task):
 
     def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
         ds = self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
-                         shuffle_buffer=run.pipeline.shuffle_buffer)
+                         shuffle_buffer=run.pipeline.classifier_shuffle_buffer)
         if run.train.augment:
             augmenter = build_augmenter(run.augment)
             ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -65,7 +65,7 @@ class ClassificationTask(Task):
 
     def calibration_dataset(self, run: Run, seed: int) -> tf.data.Dataset | None:
         return self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
-                           shuffle_buffer=run.pipeline.shuffle_buffer)
+                           shuffle_buffer=run.pipeline.classifier_shuffle_buffer)
 
     def validation_dataset(self, run: Run) -> tf.data.Dataset | None:
         if run.num_examples(self.test_split) == 0:
