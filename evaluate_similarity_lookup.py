@@ -110,12 +110,14 @@ def run_evaluate(config: cs.EvalConfig) -> int:
         pathlib.Path(config.report).write_text(json.dumps(report, indent=2))
         print(f"report: {config.report}")
     if config.plots:
-        from retrieval.plots import write_report_plots
+        from retrieval.plots import missing_images_note, write_report_plots
 
         written = write_report_plots(report, queries, gallery, config.plots, metric=config.metric,
                                      max_points=config.tsne_points, examples=config.examples,
                                      seed=config.plot_seed)
         print("plots: " + ", ".join(written))
+        if missing_images_note(queries, gallery):
+            print(f"examples.png: {missing_images_note(queries, gallery)}")
     return 0
 
 
@@ -187,6 +189,9 @@ def run_index(config: cs.EvalConfig) -> int:
     index.save(out)
     print(f"indexed {len(index)} items ({index.metric}, {index.approximate}, {index.dimensions} dimensions) "
           f"into {out}")
+    if index.thumbnails is None and index.image_paths is None:
+        print("no thumbnails and no image files in the index (a feature file without `images`, or --thumbnail_size "
+              "0): lookup grids will show the class and distance of each result, not the drawing")
     return 0
 
 
@@ -216,8 +221,14 @@ def run_lookup(config: cs.EvalConfig) -> int:
     pathlib.Path(grid).parent.mkdir(parents=True, exist_ok=True)
     tiles = [{"image": result_image(index, r["index"]), "caption": f"{r['rank']}. {r['class']}\nd={r['distance']:.3g}",
               "correct": None} for r in rows]
+    blank = sum(t["image"] is None for t in tiles)
+    note = (f"\n{blank} of {len(tiles)} results have no thumbnail or image file: class and distance only"
+            if blank else "")
     plot_result_grid([{"query": {"image": query.display, "caption": "query"}, "results": tiles}], grid,
-                     title=f"{pathlib.Path(config.query).name}: {len(rows)} nearest ({index.metric})")
+                     title=f"{pathlib.Path(config.query).name}: {len(rows)} nearest ({index.metric}){note}")
+    if blank:
+        print(f"{blank} of {len(tiles)} results have no thumbnail in the index and no image file: their tiles "
+              f"show the class and distance only")
     print(f"grid: {grid}")
     return 0
 

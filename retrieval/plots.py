@@ -47,24 +47,47 @@ def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"Invalid value for argument `method`. Received: {method!r}. Expected 'pca' or 'tsne'.")
 
 
+LEGEND_CLASSES = 20  # up to this many classes get a legend (tab20 colours); more get names at their centroids
+
+
+def draw_embedding(ax, xy: np.ndarray, labels: np.ndarray, class_names=None) -> str:
+    """Scatter `xy` coloured by class on `ax` and name the classes; returns how they are named.
+
+    Up to LEGEND_CLASSES classes: distinct tab20 colours and a legend. More: colours repeat, so each
+    class name is written at its centroid (the mean of its projected points) instead of a legend.
+    """
+    classes = np.unique(labels)
+    legend = len(classes) <= LEGEND_CLASSES
+    cmap = plt.get_cmap("tab20" if legend else "nipy_spectral")
+    palette = cmap(np.linspace(0, 1, max(len(classes), 2)))
+    ax.scatter(xy[:, 0], xy[:, 1], c=palette[np.searchsorted(classes, labels)], s=10, alpha=0.8, linewidths=0)
+
+    def name(c):
+        return class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+
+    if legend:
+        for i, c in enumerate(classes):
+            ax.scatter([], [], color=palette[i], label=name(c), s=20)
+        ax.legend(fontsize=7, loc="best", markerscale=1.0, ncol=2 if len(classes) > 10 else 1)
+        return "legend"
+    for c in classes:
+        cx, cy = xy[labels == c].mean(axis=0)
+        ax.text(cx, cy, name(c), fontsize=6, ha="center", va="center",
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", alpha=0.7, linewidth=0))
+    return "class names at their centroids"
+
+
 def plot_embedding(features, labels, out_path, *, method: str = "tsne", class_names=None,
                    max_points: int = 2000, seed: int = 0, title: str | None = None) -> str:
-    """Scatter of the features projected to 2-D, coloured by class; returns the file written."""
+    """Scatter of the features projected to 2-D, coloured by class (see draw_embedding for the
+    naming: a legend up to LEGEND_CLASSES classes, names at the centroids beyond); returns the file."""
     labels = np.asarray(labels)
     keep = _subsample(len(labels), max_points, seed)
     xy = project(np.asarray(features)[keep], method, seed)
     lab = labels[keep]
-    classes = np.unique(lab)
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
-    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "nipy_spectral")
-    colours = cmap(np.linspace(0, 1, max(len(classes), 2)))[np.searchsorted(classes, lab)]
-    ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=10, alpha=0.8, linewidths=0)
-    if len(classes) <= 20:
-        for i, c in enumerate(classes):
-            name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
-            ax.scatter([], [], color=cmap(np.linspace(0, 1, max(len(classes), 2))[i]), label=name, s=20)
-        ax.legend(fontsize=7, loc="best", markerscale=1.0, ncol=2 if len(classes) > 10 else 1)
-    ax.set_title(title or f"{method.upper()} of {len(keep)} items ({len(classes)} classes)")
+    naming = draw_embedding(ax, xy, lab, class_names)
+    ax.set_title(title or f"{method.upper()} of {len(keep)} items ({len(np.unique(lab))} classes, {naming})")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -157,12 +180,23 @@ def plot_result_grid(rows: list[dict], out_path, *, title: str = "") -> str:
     return str(out_path)
 
 
+def missing_images_note(query_set, gallery_set=None) -> str | None:
+    """None when the example grid has drawings to show; else why its tiles hold only class and id
+    (the feature files have no `images`: the trainer's features_<split>.npz, for one, stores none)."""
+    missing = [fs.path or "features" for fs in (query_set, gallery_set) if fs is not None and fs.images is None]
+    if not missing:
+        return None
+    return (f"no drawings to show: {', '.join(map(str, missing))} "
+            f"{'has' if len(missing) == 1 else 'have'} no `images`; tiles give the class and id only")
+
+
 def plot_example_queries(query_set, gallery_set, out_path, *, metric: str = "l2", examples: int = 8,
                          k: int = 8, seed: int = 0) -> str:
     """Example queries (one per class where possible, seeded) and their k nearest gallery items.
 
     `query_set`/`gallery_set` are FeatureSets (gallery_set None: leave-one-out on query_set);
-    tiles show the thumbnails in `images` when the file has them, else the class and id.
+    tiles show the thumbnails in `images` when the file has them, else the class and id, and the
+    grid's title then says so (missing_images_note).
     """
     gallery = query_set if gallery_set is None else gallery_set
     rng = np.random.default_rng(seed)
@@ -188,7 +222,9 @@ def plot_example_queries(query_set, gallery_set, out_path, *, metric: str = "l2"
                     "correct": bool(gallery.labels[j] == labels[q])} for c, j in enumerate(idx[r])]
         rows.append({"query": {"image": None if query_set.images is None else query_set.images[q],
                                "caption": "query\n" + name(query_set, q)}, "results": results})
-    return plot_result_grid(rows, out_path, title=f"nearest items ({metric}); green: same class")
+    note = missing_images_note(query_set, gallery_set)
+    title = f"nearest items ({metric}); green: same class" + (f"\n{note}" if note else "")
+    return plot_result_grid(rows, out_path, title=title)
 
 
 def write_report_plots(report: dict, query_set, gallery_set, out_dir, *, metric: str = "l2",
