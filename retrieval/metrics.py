@@ -28,6 +28,7 @@ AP = (1/1 + 2/3) / 2 = 0.8333, precision@2 = 0.5, R-precision = 0.5, MAP@R = 0.5
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -210,14 +211,61 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
     the inputs included; it sets the number of queries ranked per block unless `block_rows` is
     given. `backend`: 'numpy', 'tensorflow' (distances and sorting on the GPU when present) or
     'auto' (TensorFlow when an NVIDIA GPU is present).
+
+    Steps: check the inputs (_retrieval_sets), plan the blocks within the budget (_plan_blocks),
+    rank every query block by block (_rank_blocks), then average per query (_report).
     """
     start_time = time.perf_counter()
     if metric not in METRICS:
         raise ValueError(f"Invalid value for argument `metric`. Received: {metric!r}. "
                          f"Expected one of {', '.join(METRICS)}.")
-    binary = metric == "hamming"
     budget = parse_bytes(memory_budget)
     ks = parse_k(k)
+    sets = _retrieval_sets(features, labels, gallery_features, gallery_labels, query_ids, gallery_ids,
+                           binary=metric == "hamming")
+    used_k = tuple(x for x in ks if x <= sets.candidates)
+    skipped_k = [x for x in ks if x > sets.candidates]
+    targets = None
+    if not sets.leave_one_out and sets.query_ids is not None and sets.gallery_ids is not None:
+        targets = instance_targets(sets.query_ids, sets.gallery_ids)
+    ranker = Ranker(sets.queries, sets.query_labels, sets.gallery, sets.gallery_labels, metric=metric,
+                    backend=backend, threads=threads)
+    try:
+        plan = _plan_blocks(sets, ranker, used_k, budget, block_rows)
+        ranked = _rank_blocks(sets, ranker, used_k, targets, plan.block_rows, progress)
+    finally:
+        ranker.close()
+    report = _report(sets, ranked, metric, used_k, skipped_k, targets, pr_points)
+    report["timing"] = {
+        "seconds": round(time.perf_counter() - start_time, 4),
+        "blocks": ranked.blocks,
+        "block_rows": plan.block_rows,
+        "memory_budget_bytes": budget,
+        "estimated_peak_bytes": int(plan.fixed + plan.per_row * plan.block_rows),
+        "backend": ranker.backend,
+    }
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sets:
+    """Validated queries and gallery (None and the queries' labels in leave-one-out mode), and how
+    many items each query is ranked against (`candidates`)."""
+
+    queries: np.ndarray
+    query_labels: np.ndarray
+    query_ids: np.ndarray | None
+    gallery: np.ndarray | None
+    gallery_labels: np.ndarray
+    gallery_ids: np.ndarray | None
+    leave_one_out: bool
+    num_gallery: int
+    candidates: int
+
+
+def _retrieval_sets(features, labels, gallery_features, gallery_labels, query_ids, gallery_ids, *,
+                    binary: bool) -> _Sets:
+    """Check and normalise evaluate's inputs; a mismatch is a one-line error naming both sides."""
     queries, query_labels, query_ids = validate_features(features, labels, query_ids, name="features",
                                                          binary=binary)
     leave_one_out = gallery_features is None
@@ -240,73 +288,98 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
         candidates = num_gallery
     if candidates < 1:
         raise FeatureFileError("leave-one-out evaluation needs at least 2 items; received 1.")
-    used_k = tuple(x for x in ks if x <= candidates)
-    skipped_k = [x for x in ks if x > candidates]
+    return _Sets(queries, query_labels, query_ids, gallery, gallery_labels_arr, gallery_ids, leave_one_out,
+                 num_gallery, candidates)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockPlan:
+    """Queries ranked per block, and the bytes the estimate counts: `fixed` (inputs, per-query
+    results) plus `per_row` for each query row of a block."""
+
+    block_rows: int
+    fixed: int
+    per_row: int
+
+
+def _plan_blocks(sets: _Sets, ranker: Ranker, used_k, budget: int, block_rows: int | None) -> _BlockPlan:
+    """The block size: `block_rows` when given, else as many query rows as `budget` holds; a budget
+    that cannot hold one row is a MemoryBudgetError saying how much would do."""
     top_k = max(used_k) if used_k else 0
-
-    targets = None
-    if not leave_one_out and query_ids is not None and gallery_ids is not None:
-        targets = instance_targets(query_ids, gallery_ids)
-
-    ranker = Ranker(queries, query_labels, gallery, gallery_labels_arr, metric=metric,
-                    backend=backend, threads=threads)
-    nq = len(queries)
+    nq = len(sets.queries)
     per_query_bytes = 8 * (8 + 5 * len(used_k) + top_k)
-    fixed = queries.nbytes + (0 if gallery is None else gallery.nbytes) + ranker.fixed_bytes() \
-        + nq * per_query_bytes + 16 * (nq + num_gallery)
-    per_row = num_gallery * PAIR_BYTES[ranker.path] + 64 * top_k + 64
+    fixed = sets.queries.nbytes + (0 if sets.gallery is None else sets.gallery.nbytes) + ranker.fixed_bytes() \
+        + nq * per_query_bytes + 16 * (nq + sets.num_gallery)
+    per_row = sets.num_gallery * PAIR_BYTES[ranker.path] + 64 * top_k + 64
     if block_rows is None:
         block_rows = (budget - fixed) // per_row
         if block_rows < 1:
-            ranker.close()
             raise MemoryBudgetError(
                 f"memory_budget of {budget:,} bytes is too small: the inputs and per-query results take "
-                f"{fixed:,} bytes and one query row {per_row:,} more (gallery of {num_gallery:,}); "
+                f"{fixed:,} bytes and one query row {per_row:,} more (gallery of {sets.num_gallery:,}); "
                 f"allow at least {fixed + per_row:,} bytes.")
-    block_rows = int(max(1, min(block_rows, nq)))
+    return _BlockPlan(int(max(1, min(block_rows, nq))), fixed, per_row)
 
+
+@dataclasses.dataclass
+class _Ranked:
+    """Per-query results of the ranking (indexed like the queries) and the rank histograms."""
+
+    per_query: dict[str, np.ndarray]
+    num_relevant: np.ndarray
+    target_rank: np.ndarray
+    knn_correct: dict[int, np.ndarray]
+    rank_hist: np.ndarray
+    recall_hist: np.ndarray
+    blocks: int = 0
+
+
+def _rank_blocks(sets: _Sets, ranker: Ranker, used_k, targets, block_rows: int, progress) -> _Ranked:
+    """Rank every query, `block_rows` at a time, keeping per-query metrics and rank histograms;
+    `progress(done, total)` after each block."""
+    top_k = max(used_k) if used_k else 0
+    nq, candidates = len(sets.queries), sets.candidates
     # One block: items in order (leave-one-out then takes the symmetric product x @ x.T);
     # several: queries grouped by label, so that each block holds few classes.
-    order = np.arange(nq) if block_rows >= nq else np.argsort(query_labels, kind="stable")
-    per_query: dict[str, np.ndarray] = {}
-    num_relevant = np.zeros(nq, np.int64)
-    target_rank = np.zeros(nq, np.int64)
-    knn_correct = {x: np.zeros(nq, bool) for x in used_k}
-    rank_hist = np.zeros(candidates + 2, np.float64)
-    recall_hist = np.zeros(candidates + 2, np.float64)
-    blocks = 0
-    try:
-        for start in range(0, nq, block_rows):
-            idx = order[start:start + block_rows]
-            block = ranker.rank_block(idx, top_k, None if targets is None else targets[idx])
-            blocks += 1
-            values = ranking_metrics(block.ranks, block.num_relevant, used_k)
-            for name, v in values.items():
-                per_query.setdefault(name, np.full(nq, np.nan))[idx] = v
-            num_relevant[idx] = block.num_relevant
-            target_rank[idx] = block.target_rank
-            neighbour_labels = gallery_labels_arr[block.top]
-            for x in used_k:
-                knn_correct[x][idx] = knn_predictions(neighbour_labels, x) == query_labels[idx]
-            segment = np.repeat(np.arange(len(idx)), block.num_relevant)
-            rank_hist += np.bincount(block.ranks, minlength=candidates + 2)[:candidates + 2]
-            weights = 1.0 / block.num_relevant[segment]
-            recall_hist += np.bincount(block.ranks, weights, minlength=candidates + 2)[:candidates + 2]
-            if progress is not None:
-                progress(min(start + block_rows, nq), nq)
-    finally:
-        ranker.close()
+    order = np.arange(nq) if block_rows >= nq else np.argsort(sets.query_labels, kind="stable")
+    out = _Ranked({}, np.zeros(nq, np.int64), np.zeros(nq, np.int64), {x: np.zeros(nq, bool) for x in used_k},
+                  np.zeros(candidates + 2, np.float64), np.zeros(candidates + 2, np.float64))
+    for start in range(0, nq, block_rows):
+        idx = order[start:start + block_rows]
+        block = ranker.rank_block(idx, top_k, None if targets is None else targets[idx])
+        out.blocks += 1
+        values = ranking_metrics(block.ranks, block.num_relevant, used_k)
+        for name, v in values.items():
+            out.per_query.setdefault(name, np.full(nq, np.nan))[idx] = v
+        out.num_relevant[idx] = block.num_relevant
+        out.target_rank[idx] = block.target_rank
+        neighbour_labels = sets.gallery_labels[block.top]
+        for x in used_k:
+            out.knn_correct[x][idx] = knn_predictions(neighbour_labels, x) == sets.query_labels[idx]
+        segment = np.repeat(np.arange(len(idx)), block.num_relevant)
+        out.rank_hist += np.bincount(block.ranks, minlength=candidates + 2)[:candidates + 2]
+        weights = 1.0 / block.num_relevant[segment]
+        out.recall_hist += np.bincount(block.ranks, weights, minlength=candidates + 2)[:candidates + 2]
+        if progress is not None:
+            progress(min(start + block_rows, nq), nq)
+    return out
 
-    included = num_relevant > 0
+
+def _report(sets: _Sets, ranked: _Ranked, metric: str, used_k, skipped_k, targets, pr_points: int) -> dict:
+    """The report without its timing: counts, means over the queries with a relevant item, instance
+    accuracy, chance, notes and the precision-recall curve."""
+    binary = metric == "hamming"
+    nq, candidates = len(sets.queries), sets.candidates
+    included = ranked.num_relevant > 0
     n_eval = int(included.sum())
     report: dict = {
-        "mode": "leave_one_out" if leave_one_out else "query_gallery",
+        "mode": "leave_one_out" if sets.leave_one_out else "query_gallery",
         "metric": metric,
-        "dimensions": int(queries.shape[1] * 8 if binary else queries.shape[1]),
+        "dimensions": int(sets.queries.shape[1] * 8 if binary else sets.queries.shape[1]),
         "num_queries": int(nq),
-        "num_gallery": int(num_gallery),
+        "num_gallery": int(sets.num_gallery),
         "num_evaluated": n_eval,
-        "excluded_queries": _excluded(~included, query_ids, leave_one_out),
+        "excluded_queries": _excluded(~included, sets.query_ids, sets.leave_one_out),
         "k": list(used_k),
         "skipped_k": [{"k": x, "reason": f"larger than the {candidates} items each query is ranked against"}
                       for x in skipped_k],
@@ -316,6 +389,7 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
     def mean(values: np.ndarray) -> float | None:
         return float(np.mean(values[included])) if n_eval else None
 
+    per_query = ranked.per_query
     report["map"] = mean(per_query["ap"])
     for x in used_k:
         for name in ("map", "precision", "recall", "hit"):
@@ -323,26 +397,19 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
     report["r_precision"] = mean(per_query["r_precision"])
     report["map@r"] = mean(per_query["map@r"])
     for x in used_k:
-        report[f"knn_accuracy@{x}"] = mean(knn_correct[x].astype(np.float64))
+        report[f"knn_accuracy@{x}"] = mean(ranked.knn_correct[x].astype(np.float64))
     if targets is not None:
         has_target = targets >= 0
         report["instance_queries"] = int(has_target.sum())
         report["instance_excluded"] = int((~has_target).sum())
         for x in used_k:
-            hits = (target_rank[has_target] >= 1) & (target_rank[has_target] <= x)
+            target_rank = ranked.target_rank[has_target]
+            hits = (target_rank >= 1) & (target_rank <= x)
             report[f"instance_accuracy@{x}"] = float(hits.mean()) if has_target.any() else None
-    report["chance"] = chance(query_labels, None if leave_one_out else gallery_labels_arr, used_k,
-                              instance=targets is not None)
-    report["notes"] = knn_notes(query_labels, None if leave_one_out else gallery_labels_arr, used_k)
-    report["pr_curve"] = _pr_curve(rank_hist, recall_hist, n_eval, candidates, pr_points)
-    report["timing"] = {
-        "seconds": round(time.perf_counter() - start_time, 4),
-        "blocks": blocks,
-        "block_rows": block_rows,
-        "memory_budget_bytes": budget,
-        "estimated_peak_bytes": int(fixed + per_row * block_rows),
-        "backend": ranker.backend,
-    }
+    gallery_labels = None if sets.leave_one_out else sets.gallery_labels
+    report["chance"] = chance(sets.query_labels, gallery_labels, used_k, instance=targets is not None)
+    report["notes"] = knn_notes(sets.query_labels, gallery_labels, used_k)
+    report["pr_curve"] = _pr_curve(ranked.rank_hist, ranked.recall_hist, n_eval, candidates, pr_points)
     return report
 
 
