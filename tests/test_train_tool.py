@@ -408,3 +408,54 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(quickd
     model = models.build_model("sknet", input_size=28, channels=1, num_classes=8)
     model.load_weights(model_dir / "checkpoints" / state["file"])
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def event_values(log_dir: pathlib.Path) -> dict[str, dict[int, object]]:
+    """{tag: {step: value}} of every summary in the event files under `log_dir`, read back with
+    tf.compat.v1.train.summary_iterator (scalars as floats, images as lists of decoded uint8 arrays)."""
+    import tensorflow as tf
+
+    out: dict[str, dict[int, object]] = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                if tensor.dtype == object:  # an image summary: width, height, then the PNGs
+                    decoded = [tf.io.decode_png(png).numpy() for png in tensor[2:]]
+                    out.setdefault(value.tag, {})[event.step] = decoded
+                else:
+                    out.setdefault(value.tag, {})[event.step] = float(tensor)
+    return out
+
+
+def test_tensorboard_gets_per_step_loss_learning_rate_and_training_images(trained, quickdraw_28px):
+    """Hardening item 17: beside Keras' per-epoch scalars, logs/train holds each step's loss and learning
+    rate, and each epoch a few images that training fed (drawings of the data set's train split)."""
+    import tensorflow as tf
+
+    from data_prep import tfrecords
+
+    values = event_values(trained / "logs" / "train")
+    history = cb.load_history(trained / "train_history.json")
+    assert sorted(values["step/loss"]) == list(range(1, 41))
+    previous = 0
+    for row in history:  # per-step losses average to the epoch's loss; the running mean ends on it
+        steps = range(previous + 1, row["step"] + 1)
+        assert np.mean([values["step/loss"][s] for s in steps]) == pytest.approx(row["loss"], rel=1e-4)
+        assert values["step/loss_epoch_mean"][row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+        assert values["step/learning_rate"][row["step"]] == pytest.approx(row["learning_rate"], rel=1e-6)
+        previous = row["step"]
+    assert len(set(values["step/learning_rate"].values())) > 1  # warm-up and decay, step by step
+
+    info = tfrecords.read_dataset_info(quickdraw_28px)
+    shape = tfrecords.feature_specs(info)["image"].shape
+    train_images = set()
+    for shard in tfrecords.shard_paths(quickdraw_28px, info, "train"):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            feature = tf.train.Example.FromString(raw.numpy()).features.feature["image"]
+            train_images.add(np.frombuffer(feature.bytes_list.value[0], np.uint8).reshape(shape).tobytes())
+    assert sorted(values["training_images"]) == [20, 40]
+    for step, images in values["training_images"].items():
+        assert len(images) == cb.TENSORBOARD_IMAGES
+        for image in images:
+            assert image.shape == (28, 28, 1) and image.tobytes() in train_images, step

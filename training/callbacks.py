@@ -212,6 +212,70 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
             self.save("epoch")
 
 
+TENSORBOARD_IMAGES = 8  # training images written to TensorBoard at the end of each epoch
+
+
+class StepSummaries(keras.callbacks.Callback):
+    """TensorBoard summaries beside Keras' per-epoch ones, in `log_dir` (the run's logs/train), at the
+    optimizer step: after every step the step's loss and the learning rate it ran at; at the end of
+    each epoch the first TENSORBOARD_IMAGES images of a fresh pass over `images` (the training
+    dataset, augmented as training feeds it: a new pass reshuffles, so each epoch shows other images).
+
+    Keras' logs give the running mean of the epoch's loss after each step; with equal batches the
+    step's own loss is n * mean_n - (n - 1) * mean_(n-1). Both are written: `step/loss` (the step's
+    own) and `step/loss_epoch_mean` (whose last value of an epoch is its `loss` in train_history.json).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, images=None, *, max_images: int = TENSORBOARD_IMAGES):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.images = images
+        self.max_images = max_images
+        self._writer = None
+        self._previous_mean = 0.0
+
+    def _summary(self):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return tf.summary, self._writer
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        mean = float(loss)
+        own = mean if batch == 0 else (batch + 1) * mean - batch * self._previous_mean
+        self._previous_mean = mean
+        summary, writer = self._summary()
+        step = optimizer_step(self.model)
+        with writer.as_default():
+            summary.scalar("step/loss", own, step=step)
+            summary.scalar("step/loss_epoch_mean", mean, step=step)
+            summary.scalar("step/learning_rate", current_learning_rate(self.model), step=step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.images is not None and self.max_images > 0:
+            from training.tasks import first_images
+
+            images = first_images(self.images, self.max_images)
+            pixels = np.round(np.clip(images.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+            if pixels.shape[-1] not in (1, 3, 4):  # e.g. stroke-order channels: the first one
+                pixels = pixels[..., :1]
+            summary, writer = self._summary()
+            with writer.as_default():
+                summary.image("training_images", pixels, step=optimizer_step(self.model),
+                              max_outputs=self.max_images)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 def load_history(path: str | os.PathLike) -> list[dict]:
     """The per-epoch rows of a train_history.json ([] when absent)."""
     path = pathlib.Path(path)

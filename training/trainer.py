@@ -420,10 +420,11 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     if config.bn_recalibration and calibration is not None and cb.batch_norm_layers(model):
         # First, so that validation, checkpoints and the best model all see recalibrated statistics.
         callbacks.insert(0, cb.BatchNormRecalibration(calibration, config.bn_recalibration))
+    train_data = task.train_dataset(run, seed=config.seed + step)
     if strategy.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.model_dir / LOG_DIR), update_freq="epoch",
                                                      write_graph=False, profile_batch=0))
-    train_data = task.train_dataset(run, seed=config.seed + step)
+        callbacks.append(cb.StepSummaries(run.model_dir / LOG_DIR / "train", train_data))
     validation = task.validation_dataset(run)
     if validation is not None and strategy.num_workers > 1:
         # Every worker reads the whole split and keeps its share of each batch: the same number of
