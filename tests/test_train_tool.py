@@ -459,3 +459,57 @@ def test_tensorboard_gets_per_step_loss_learning_rate_and_training_images(traine
         assert len(images) == cb.TENSORBOARD_IMAGES
         for image in images:
             assert image.shape == (28, 28, 1) and image.tobytes() in train_images, step
+
+
+def test_test_mode_fills_the_embedding_projector(trained, quickdraw_28px, tmp_path):
+    """Hardening item 17: -mode test puts the test features in TensorBoard's projector, with a label
+    per point and the sprite of the test drawings, bounded to projector.PROJECTOR_POINTS points."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from PIL import Image
+    from tensorboard.plugins import projector as tb_projector
+
+    from data_prep import tfrecords
+    from training import projector
+
+    result = run_api(mode="test", model_dir=str(trained))
+    folder = trained / "logs" / "projector"
+    assert result["projector"] == {"dir": str(folder), "points": 38, "of": 38, "sprite": "sprite.png"}
+    config = text_format.Parse((folder / "projector_config.pbtxt").read_text(), tb_projector.ProjectorConfig())
+    (embedding,) = config.embeddings
+    with np.load(trained / "features_test.npz", allow_pickle=False) as f:
+        features, labels, ids, names = f["features"], f["labels"], f["ids"], list(f["class_names"])
+    stored = tf.train.load_checkpoint(str(folder / "embedding.ckpt")).get_tensor(embedding.tensor_name)
+    np.testing.assert_array_equal(stored, features)
+    rows = (folder / embedding.metadata_path).read_text().splitlines()
+    assert rows == ["class\tid"] + [f"{names[c]}\t{i}" for c, i in zip(labels, ids)]
+
+    info = tfrecords.read_dataset_info(quickdraw_28px)
+    specs = tfrecords.feature_specs(info)
+    by_id = {}
+    for shard in tfrecords.shard_paths(quickdraw_28px, info, "test"):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            f = tf.train.Example.FromString(raw.numpy()).features.feature
+            key = f["key_id"].bytes_list.value[0].decode() if f["key_id"].bytes_list.value else str(
+                f["key_id"].int64_list.value[0])
+            by_id[key] = np.frombuffer(f["image"].bytes_list.value[0], np.uint8).reshape(specs["image"].shape)
+    sheet = np.asarray(Image.open(folder / embedding.sprite.image_path))
+    assert list(embedding.sprite.single_image_dim) == [28, 28] and sheet.shape == (7 * 28, 7 * 28)
+    for n, key in enumerate(ids):  # tile n, row by row in a 7 x 7 grid, is the drawing of row n
+        r, c = divmod(n, 7)
+        np.testing.assert_array_equal(sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28],
+                                      by_id[str(key)].reshape(28, 28), err_msg=str(key))
+    assert not sheet[5 * 28:6 * 28, 3 * 28:].any() and not sheet[6 * 28:].any()  # the 11 cells after the 38th
+
+    features_file = trained / "features_test.npz"
+    bounded = projector.write_test_projector(tmp_path, features_file, str(quickdraw_28px), "test", max_points=10)
+    assert bounded["points"] == 10 and bounded["of"] == 38 and bounded["sprite"] == "sprite.png"
+    kept = [rows.index(line) - 1 for line in (tmp_path / "metadata.tsv").read_text().splitlines()[1:]]
+    assert len(kept) == 10 and kept == sorted(kept)  # a sample of the rows, in order
+    stored = tf.train.load_checkpoint(str(tmp_path / "embedding.ckpt")).get_tensor(embedding.tensor_name)
+    np.testing.assert_array_equal(stored, features[kept])
+    sheet = np.asarray(Image.open(tmp_path / "sprite.png"))
+    for n, row in enumerate(kept):  # 4 columns for 10 tiles
+        r, c = divmod(n, 4)
+        np.testing.assert_array_equal(sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28],
+                                      by_id[str(ids[row])].reshape(28, 28))

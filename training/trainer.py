@@ -509,9 +509,20 @@ def evaluate(run: tasks.Run, task: tasks.Task) -> dict:
 
 
 def test(run: tasks.Run, task: tasks.Task) -> dict:
-    """-mode test: features and retrieval metrics, written to <model_dir>/similarity.json."""
+    """-mode test: features and retrieval metrics, written to <model_dir>/similarity.json, and the
+    features in TensorBoard's embedding projector (training/projector.py, <model_dir>/logs/projector)."""
+    from training import projector
+
     model, source = load_weights_for(run, task)
     result = {**task.test(run, model), "checkpoint": source, "data_path": run.data_path}
+    if result.get("features_file"):
+        shown = projector.write_test_projector(run.model_dir / LOG_DIR / projector.PROJECTOR_DIR,
+                                               run.model_dir / result["features_file"], run.data_path,
+                                               task.test_split)
+        result["projector"] = shown
+        _log(f"embedding projector: {shown['points']} of {shown['of']} points (at most "
+             f"{projector.PROJECTOR_POINTS}), {'with' if shown['sprite'] else 'without'} drawings, in "
+             f"{shown['dir']} (tensorboard --logdir {run.model_dir / LOG_DIR})")
     write_json_atomic(run.model_dir / SIMILARITY_FILE, result)
     return result
 
