@@ -361,27 +361,18 @@ def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str
 
 
 def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
-    """Fit the run's model (resuming when it has checkpoints); returns a summary dict."""
+    """Fit the run's model (resuming when it has checkpoints); returns a summary dict.
+
+    Steps: seed and record the run (_prepare), build the model from its last checkpoint (_build),
+    log the plan, make the callbacks and data (_fit_inputs), fit epoch segments until done or
+    stopped (_fit), then refuse a diverged run (_check_diverged) and summarise."""
     config = run.train
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    policy = set_precision(config.mixed_precision)
-    run.model_dir.mkdir(parents=True, exist_ok=True)
-    if strategy.is_chief:
-        save_run_config(run, task, strategy)
+    policy = _prepare(run, task, strategy)
     per_epoch = steps_per_epoch(run, task)
     total = config.epochs * per_epoch
     warmup = warmup_steps(config, total)
     store = CheckpointStore(run.model_dir / CHECKPOINT_DIR, keep=config.keep_checkpoints)
-    with strategy.strategy.scope():
-        model = task.build_model(run)
-        model.compile(optimizer=make_optimizer(config, total), jit_compile=config.jit_compile, **task.compile_args(run))
-        ensure_optimizer_built(model)
-        try:
-            start_note = _start_weights(model, store, config.ckpt)
-        except CheckpointError as e:
-            raise ToolError(str(e)) from None
+    model, start_note = _build(run, task, strategy, store, total)
     step = cb.optimizer_step(model)
     batch = task.batch_size(run)
     _log(f"strategy: {strategy.describe()}; precision: {policy}")
@@ -403,11 +394,71 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
         _report_size(run.model_dir, summary)
         return summary
 
+    inputs = _fit_inputs(run, task, strategy, model, store, per_epoch, step)
+    started = time.perf_counter()
+    _fit(run, task, strategy, model, store, inputs, segments, per_epoch)
+    _check_diverged(inputs.nan_guard, store, config)
+    final_step = cb.optimizer_step(model)
+    history_path = run.model_dir / HISTORY_FILE
+    written = f"history in {history_path}" if strategy.is_chief else "files written by the chief"
+    _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; {written}")
+    summary.update(final_step=final_step, history=inputs.recorder.rows)
+    _report_size(run.model_dir, summary)
+    return summary
+
+
+def _prepare(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> str:
+    """Seed, determinism and precision of the run, its folder and (on the chief) its saved configs;
+    returns the precision policy's name."""
+    config = run.train
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = set_precision(config.mixed_precision)
+    run.model_dir.mkdir(parents=True, exist_ok=True)
+    if strategy.is_chief:
+        save_run_config(run, task, strategy)
+    return policy
+
+
+def _build(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo, store: CheckpointStore,
+           total: int) -> tuple[keras.Model, str]:
+    """The compiled model under the strategy's scope, with the weights -ckpt starts from, and a note
+    saying which; a damaged or foreign checkpoint is a ToolError."""
+    config = run.train
+    with strategy.strategy.scope():
+        model = task.build_model(run)
+        model.compile(optimizer=make_optimizer(config, total), jit_compile=config.jit_compile, **task.compile_args(run))
+        ensure_optimizer_built(model)
+        try:
+            start_note = _start_weights(model, store, config.ckpt)
+        except CheckpointError as e:
+            raise ToolError(str(e)) from None
+    return model, start_note
+
+
+@dataclasses.dataclass
+class _FitInputs:
+    """What model.fit is given (callbacks, data) and the callbacks train() reads afterwards."""
+
+    callbacks: list
+    train_data: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    stopper: cb.GracefulStop
+    nan_guard: cb.NanGuard
+    recorder: cb.HistoryRecorder
+
+
+def _fit_inputs(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo, model: keras.Model,
+                store: CheckpointStore, per_epoch: int, step: int) -> _FitInputs:
+    """The callbacks in their order, the training stream seeded by the step it resumes at, and the
+    validation data (read whole by every worker under multi-worker training)."""
+    config = run.train
     monitor, mode = task.monitor
     history_path = run.model_dir / HISTORY_FILE
     nan_guard = cb.NanGuard()
     checkpointer = cb.PeriodicCheckpoint(store, per_epoch, config.steps_per_checkpoint, strategy.is_chief)
-    recorder = cb.HistoryRecorder(history_path, run.model_dir / CURVES_FILE, batch_size=batch,
+    recorder = cb.HistoryRecorder(history_path, run.model_dir / CURVES_FILE, batch_size=task.batch_size(run),
                                   title=f"{run.model.model} on {pathlib.Path(run.data_path).name}",
                                   is_chief=strategy.is_chief)
     keeper = cb.BestModelKeeper(run.model_dir / BEST_FILE, monitor, mode,
@@ -432,15 +483,23 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         validation = validation.with_options(options)
-    started = time.perf_counter()
+    return _FitInputs(callbacks, train_data, validation, stopper, nan_guard, recorder)
+
+
+def _fit(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo, model: keras.Model, store: CheckpointStore,
+         inputs: _FitInputs, segments: list[tuple[int, int]], per_epoch: int) -> None:
+    """model.fit over the epoch segments, stopping at the first non-finite loss; a signal saves a
+    checkpoint (on the chief, when the weights are finite) and is a TrainingInterrupted, as is a
+    second Ctrl-C (at once, without a checkpoint)."""
+    config = run.train
     try:
-        with stopper:
+        with inputs.stopper:
             for initial_epoch, steps in segments:
-                model.fit(train_data, epochs=initial_epoch + 1 if steps != per_epoch else config.epochs,
-                          initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=validation,
-                          validation_steps=task.validation_steps(run) if validation is not None else None,
-                          callbacks=callbacks, verbose=config.verbose, shuffle=False)
-                if nan_guard.bad_step is not None:
+                model.fit(inputs.train_data, epochs=initial_epoch + 1 if steps != per_epoch else config.epochs,
+                          initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=inputs.validation,
+                          validation_steps=task.validation_steps(run) if inputs.validation is not None else None,
+                          callbacks=inputs.callbacks, verbose=config.verbose, shuffle=False)
+                if inputs.nan_guard.bad_step is not None:
                     break
     except cb.StopRequested as stop:
         step = cb.optimizer_step(model)
@@ -459,18 +518,17 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
             "Interrupted twice: stopped at once without a new checkpoint; "
             + (f"the last one is {last.file} (step {last.step}). " if last else "there is none yet. ")
             + "Run the same command again to resume.") from None
+
+
+def _check_diverged(nan_guard: cb.NanGuard, store: CheckpointStore, config: TrainConfig) -> None:
+    """A TrainingDiverged naming the step, the value and the last good checkpoint when the loss
+    became non-finite."""
     if nan_guard.bad_step is not None:
         last = store.latest()
         kept = f"the last good checkpoint is {last.file} (step {last.step})" if last else "no checkpoint was written"
         raise TrainingDiverged(
             f"The loss became {nan_guard.bad_value} at step {nan_guard.bad_step}; training stopped and {kept} in "
             f"{store.directory}. Lower -learning_rate (now {config.learning_rate}), or check the data.")
-    final_step = cb.optimizer_step(model)
-    written = f"history in {history_path}" if strategy.is_chief else "files written by the chief"
-    _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; {written}")
-    summary.update(final_step=final_step, history=recorder.rows)
-    _report_size(run.model_dir, summary)
-    return summary
 
 
 # ---------------------------------------------------------------- evaluate, test, export
