@@ -26,6 +26,7 @@ from data_prep import tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
 from serving import classification_metrics, export
+from serving.features import save_features
 from training import evaluation, plots
 from training.augment import build_augmenter
 from training.tasks import Run, Task, metric, training_polarity
@@ -118,8 +119,7 @@ class ClassificationTask(Task):
             out = evaluation.run_inference(model, ds, (FEATURES_LAYER,), run.train.jit_compile)
             features, labels, key_ids = out[FEATURES_LAYER], out["labels"], out["key_ids"]
         path = run.model_dir / f"features_{self.test_split}.npz"
-        np.savez_compressed(path, features=features, labels=labels, key_ids=key_ids, ids=key_ids,
-                            class_names=np.asarray(run.class_names, dtype=str))
+        save_features(path, features, labels, ids=key_ids, class_names=run.class_names, key_ids=key_ids)
         report = retrieval_metrics.evaluate(features, labels, query_ids=key_ids, metric="l2", k=RETRIEVAL_K)
         report["features_file"] = path.name
         report["features_layer"] = FEATURES_LAYER

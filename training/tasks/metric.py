@@ -48,6 +48,7 @@ from retrieval import metrics as retrieval_metrics
 from retrieval.index import build_index
 from retrieval.ranking import Ranker
 from serving import export
+from serving.features import save_features
 from training import strategy
 from training.augment import build_augmenter
 from training.tasks import Run, Task, training_polarity
@@ -499,18 +500,11 @@ class MetricLearningTask(Task):
         """features_<split>.npz (queries) and, with a gallery, features_<split>_gallery.npz, in the
         evaluator's format: `features` are packed codes for deephash (the float u under `outputs`)."""
         def write(path: pathlib.Path, values: np.ndarray, meta: dict) -> None:
-            arrays = {"features": codes_from_outputs(values) if codes else values,
-                      "labels": meta["label"].astype(np.int64),
-                      "class_names": np.asarray(run.class_names, dtype=str)}
-            ids = _ids(meta)
-            if ids is not None:
-                arrays["ids"] = ids.astype(str)
+            extra = {key: meta[key] for key in ("photo_id", "domain_id") if key in meta}
             if codes:
-                arrays["outputs"] = values
-            for key in ("photo_id", "domain_id"):
-                if key in meta:
-                    arrays[key] = meta[key]
-            np.savez_compressed(path, **arrays)
+                extra["outputs"] = values
+            save_features(path, codes_from_outputs(values) if codes else values, meta["label"],
+                          ids=_ids(meta), class_names=run.class_names, **extra)
 
         files = {"features_file": FEATURES_FILE.format(split=embedded.split)}
         write(run.model_dir / files["features_file"], embedded.queries, embedded.query_meta)
