@@ -90,7 +90,7 @@ def progress_bar(what: str):
         yield progress
 
 
-def run_evaluate(config: cs.EvalConfig) -> int:
+def run_evaluate(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
     from retrieval.features import load_features
     from retrieval.metrics import evaluate
 
@@ -130,62 +130,31 @@ def _load_model(config: cs.EvalConfig):
     return serving_model.load(config.model)
 
 
-def _index_metric(config: cs.EvalConfig, meta: dict) -> str:
-    if meta.get("kind") == "hash" and not flags.FLAGS["metric"].present:
-        return "hamming"
-    return config.metric
-
-
-def _index_features(config: cs.EvalConfig, meta: dict, metric: str):
-    """The feature file of `index --features`, checked against the model's meta: (vectors, FeatureSet).
-    For Hamming, packed uint8 codes are taken as they are (ceil(bits / 8) bytes) and floats are packed."""
-    from retrieval.features import load_features
-    from retrieval.ranking import pack_codes
-
-    fs = load_features(config.features, binary=None if metric == "hamming" else False)
-    width = fs.features.shape[1]
-    if fs.features.dtype == "uint8" and metric == "hamming":
-        bits = meta["bits"] or meta["embedding_dim"]
-        if width != -(-bits // 8):
-            raise ValueError(f"{config.features!r} holds {width}-byte packed codes but the model at {config.model!r} "
-                             f"gives {bits}-bit codes ({-(-bits // 8)} bytes); they must come from that model.")
-        return fs.features, fs
-    if width != meta["embedding_dim"]:
-        raise ValueError(f"{config.features!r} holds {width}-dimensional features but the model at {config.model!r} "
-                         f"embeds to {meta['embedding_dim']}; they must come from that model.")
-    return (pack_codes(fs.features) if metric == "hamming" else fs.features), fs
-
-
-def run_index(config: cs.EvalConfig) -> int:
-    from retrieval.index import build_index, default_index_dir
-    from retrieval.lookup import index_dataset, index_image_folder, thumbnail
+def run_index(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
+    """`index`: embed or read the gallery and save its index; `given` names the flags set on the
+    command line (a hash model's index is Hamming unless --metric is among them)."""
+    from retrieval.index import default_index_dir
+    from retrieval.lookup import index_dataset, index_feature_file, index_image_folder, index_metric
 
     if sum(map(bool, (config.images, config.features, config.data_path))) != 1:
         raise ValueError("index needs one of --images DIR (a class-folder tree), --data_path DIR (a data set "
                          "folder; --split picks the split) or --features G.npz.")
     model = _load_model(config)
     meta = model.meta
-    metric = _index_metric(config, meta)
+    metric = index_metric(meta, config.metric, "metric" in given)
     out = config.out or default_index_dir(config.model)
     args = dict(metric=metric, approximate=config.approximate, nlist=config.ivf_nlist, nprobe=config.ivf_nprobe,
-                hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model))
+                hnsw_m=config.hnsw_m, ef_search=config.hnsw_ef_search, model_dir=os.path.abspath(config.model),
+                thumbnail_size=config.thumbnail_size)
     if config.data_path or config.images:
         with progress_bar("embedding") as progress:
             if config.data_path:
                 index = index_dataset(model, config.data_path, config.split, polarity=config.polarity,
-                                      thumbnail_size=config.thumbnail_size, progress=progress, **args)
+                                      progress=progress, **args)
             else:
-                index = index_image_folder(model, config.images, polarity=config.polarity,
-                                           thumbnail_size=config.thumbnail_size, progress=progress, **args)
+                index = index_image_folder(model, config.images, polarity=config.polarity, progress=progress, **args)
     else:
-        feats, fs = _index_features(config, meta, metric)
-        thumbs = None
-        if fs.images is not None and config.thumbnail_size > 0:
-            import numpy as np
-
-            thumbs = np.stack([thumbnail(im, config.thumbnail_size) for im in fs.images])
-        index = build_index(feats, fs.labels, ids=fs.ids, class_names=fs.class_names or meta.get("class_names"),
-                            thumbnails=thumbs, **args)
+        index = index_feature_file(config.features, meta, **args)
     index.save(out)
     print(f"indexed {len(index)} items ({index.metric}, {index.approximate}, {index.dimensions} dimensions) "
           f"into {out}")
@@ -195,7 +164,9 @@ def run_index(config: cs.EvalConfig) -> int:
     return 0
 
 
-def run_lookup(config: cs.EvalConfig) -> int:
+def run_lookup(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
+    """`lookup`: the nearest gallery items of one query, printed and drawn as a grid; `given` names
+    the flags set on the command line (without --k, the 10 nearest)."""
     from retrieval.index import default_index_dir, load_index
     from retrieval.lookup import embed_query, prepare_query, result_image, result_rows
     from retrieval.plots import plot_result_grid
@@ -207,7 +178,7 @@ def run_lookup(config: cs.EvalConfig) -> int:
         raise ValueError("--model is required: an exported model folder (serving/export.py).")
     query = prepare_query(config.query, read_meta(config.model))  # bad input fails before the model loads
     index = load_index(config.index or default_index_dir(config.model))
-    k = max(int(x) for x in config.k.split(",")) if flags.FLAGS["k"].present else 10
+    k = max(int(x) for x in config.k.split(",")) if "k" in given else 10
     model = _load_model(config)
     distances, indices = index.search(embed_query(model, query, metric=index.metric, polarity=config.polarity), k)
     rows = result_rows(index, distances[0], indices[0])
@@ -233,7 +204,7 @@ def run_lookup(config: cs.EvalConfig) -> int:
     return 0
 
 
-def run_features(config: cs.EvalConfig) -> int:
+def run_features(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
     from serving.features import save_features
     from retrieval.lookup import embed_files, list_image_folder, thumbnail
 
@@ -263,8 +234,9 @@ def main(argv: Sequence[str]) -> int:
               f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     config = cs.from_flags(cs.EvalConfig, flags.FLAGS)
+    given = frozenset(name for name in ("metric", "k") if flags.FLAGS[name].present)
     try:
-        return RUNNERS[command](config)
+        return RUNNERS[command](config, given)
     except (ValueError, OSError) as error:  # every input problem raises a ValueError subclass
         print(f"evaluate_similarity_lookup {command}: {error}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from data_prep.image_folder import IMAGE_SUFFIXES
+from retrieval.features import FeatureSet, load_features
 from retrieval.index import GalleryIndex, build_index
 from retrieval.ranking import pack_codes
 from serving import image_files
@@ -260,6 +261,46 @@ def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = 
     return build_index(np.concatenate(vectors), np.asarray(labels, np.int64), ids=ids, metric=metric,
                        approximate=approximate, class_names=list(class_names),
                        thumbnails=np.stack(thumbs) if thumbs else None, model_dir=model_dir, **index_args)
+
+
+def index_metric(meta: dict, metric: str, metric_given: bool) -> str:
+    """The metric of an index for the model with `meta`: Hamming for a hash model unless the user
+    chose a metric (`metric_given`), else `metric`; a hash model's endpoints give packed codes."""
+    if meta.get("kind") == "hash" and not metric_given:
+        return "hamming"
+    return metric
+
+
+def feature_file_vectors(path, meta: dict, metric: str, model_dir) -> tuple[np.ndarray, FeatureSet]:
+    """The vectors an index of `metric` holds for the feature file at `path`, checked against the
+    model's meta: (vectors, FeatureSet). For Hamming, packed uint8 codes are taken as they are
+    (ceil(bits / 8) bytes) and floats are packed; a width the model does not give is a ValueError
+    naming both, since the gallery and the queries must come from one model."""
+    fs = load_features(path, binary=None if metric == "hamming" else False)
+    width = fs.features.shape[1]
+    if fs.features.dtype == "uint8" and metric == "hamming":
+        bits = meta["bits"] or meta["embedding_dim"]
+        if width != -(-bits // 8):
+            raise ValueError(f"{os.fspath(path)!r} holds {width}-byte packed codes but the model at "
+                             f"{os.fspath(model_dir)!r} gives {bits}-bit codes ({-(-bits // 8)} bytes); "
+                             f"they must come from that model.")
+        return fs.features, fs
+    if width != meta["embedding_dim"]:
+        raise ValueError(f"{os.fspath(path)!r} holds {width}-dimensional features but the model at "
+                         f"{os.fspath(model_dir)!r} embeds to {meta['embedding_dim']}; they must come from that model.")
+    return (pack_codes(fs.features) if metric == "hamming" else fs.features), fs
+
+
+def index_feature_file(path, meta: dict, *, metric: str, thumbnail_size: int = 64, model_dir: str = "",
+                       **index_args) -> GalleryIndex:
+    """Index a feature file written by the model with `meta` (feature_file_vectors), with its ids,
+    its class names (else the model's) and thumbnails of its stored images when it has them."""
+    vectors, fs = feature_file_vectors(path, meta, metric, model_dir)
+    thumbs = None
+    if fs.images is not None and thumbnail_size > 0:
+        thumbs = np.stack([thumbnail(image, thumbnail_size) for image in fs.images])
+    return build_index(vectors, fs.labels, ids=fs.ids, class_names=fs.class_names or meta.get("class_names"),
+                       thumbnails=thumbs, metric=metric, model_dir=model_dir, **index_args)
 
 
 def result_rows(index: GalleryIndex, distances: np.ndarray, indices: np.ndarray) -> list[dict]:

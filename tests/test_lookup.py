@@ -19,8 +19,8 @@ from PIL import Image
 import configuration_sketch as cs
 from data_prep.raster import rasterize
 from serving.features import save_features
-from retrieval.lookup import (QueryError, embed_files, embed_query, encoded_image, index_image_folder,
-                              list_image_folder, prepare_query)
+from retrieval.lookup import (QueryError, embed_files, embed_query, encoded_image, feature_file_vectors,
+                              index_image_folder, index_metric, list_image_folder, prepare_query)
 from serving import model as serving_model
 from serving.export import export_model
 
@@ -198,8 +198,6 @@ def test_hash_index_holds_the_models_codes(drawings, hasher, tmp_path):
 
 
 def test_index_features_checks_the_models_width(hasher, tmp_path):
-    import evaluate_similarity_lookup as cli
-
     model, _ = hasher
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (10, BITS // 8), dtype=np.uint8)
@@ -210,8 +208,7 @@ def test_index_features_checks_the_models_width(hasher, tmp_path):
     save_features(tmp_path / "narrow.npz", floats[:, :16], np.arange(10) % 2)
 
     def vectors(name, metric="hamming"):
-        config = cs.EvalConfig(features=str(tmp_path / name), model=str(model.export_dir))
-        return cli._index_features(config, model.meta, metric)[0]
+        return feature_file_vectors(tmp_path / name, model.meta, metric, model.export_dir)[0]
 
     np.testing.assert_array_equal(vectors("codes.npz"), codes)  # packed codes are kept, not re-packed
     np.testing.assert_array_equal(vectors("floats.npz"), np.packbits(floats > 0, axis=1))
@@ -220,6 +217,13 @@ def test_index_features_checks_the_models_width(hasher, tmp_path):
         vectors("wide.npz")
     with pytest.raises(ValueError, match="holds 16-dimensional features but the model at .* embeds to 24"):
         vectors("narrow.npz")
+
+
+def test_index_metric_is_hamming_for_a_hash_model_unless_the_user_chose_one():
+    assert index_metric({"kind": "hash"}, "l2", metric_given=False) == "hamming"
+    assert index_metric({"kind": "hash"}, "l2", metric_given=True) == "l2"
+    assert index_metric({"kind": "embedding"}, "cosine", metric_given=False) == "cosine"
+    assert index_metric({"kind": "classifier"}, "l2", metric_given=False) == "l2"
 
 
 def test_unreadable_images_are_named(drawings, classifier, tmp_path):
