@@ -164,13 +164,21 @@ def test_index_lookup_and_features_commands(quickdraw_dir, sketchy_dir, tmp_path
     sketch = sorted((sketchy_dir / "sketch" / classes[0]).glob("*.png"))[0]
     done = run("lookup", "--model", tmp_path / "exp", "--query", sketch, "--k", 5, "--grid", tmp_path / "g.png")
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    results = [line for line in lines if line.strip()[:1].isdigit()]
-    assert len(results) == 5
-    distances = [float(line.split()[1]) for line in results]
-    assert distances == sorted(distances)
-    assert all(line.split()[2] in classes for line in results)
+    found = result_lines(done.stdout)
     assert (tmp_path / "g.png").stat().st_size > 5_000
+    # The same ranking by brute force: the query and the photos embedded by the `features` command,
+    # L2 distances in NumPy, ties to the lower index.
+    (tmp_path / "query" / classes[0]).mkdir(parents=True)
+    shutil.copy(sketch, tmp_path / "query" / classes[0] / sketch.name)
+    for folder, out in ((tmp_path / "query", "q.npz"), (photos, "p.npz")):
+        done = run("features", "--model", tmp_path / "exp", "--images", folder, "--out", tmp_path / out)
+        assert done.returncode == 0, done.stderr
+    query, gallery = load_features(tmp_path / "q.npz"), load_features(tmp_path / "p.npz")
+    distances = np.sqrt(((gallery.features.astype(np.float64) - query.features[0]) ** 2).sum(axis=1))
+    nearest = sorted(range(len(distances)), key=lambda j: (distances[j], j))[:5]
+    assert [(rank, cls, item) for rank, _, cls, item in found] == [
+        (rank, gallery.class_names[gallery.labels[j]], gallery.ids[j]) for rank, j in enumerate(nearest, 1)]
+    assert [d for _, d, _, _ in found] == pytest.approx(distances[nearest], abs=2e-4)  # printed to 4 decimals
 
     drawing = quickdraw_dir / "simplified" / "cat.ndjson"
     done = run("lookup", "--model", tmp_path / "exp", "--query", drawing)
