@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
+from configuration_sketch import ServeConfig
 from data_prep.quickdraw import parse_strokes
 from data_prep.skips import BadRecord
 from serving import image_files
@@ -28,12 +29,12 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What one request may hold."""
+    """What one request may hold; the defaults are ServeConfig's (configuration_sketch), not a copy."""
 
-    max_body_bytes: int = 2_000_000
-    max_strokes: int = 1_000
-    max_points: int = 20_000
-    max_image_pixels: int = 16_000_000
+    max_body_bytes: int = ServeConfig.max_body_bytes
+    max_strokes: int = ServeConfig.max_strokes
+    max_points: int = ServeConfig.max_points
+    max_image_pixels: int = ServeConfig.max_image_pixels
     max_k: int = 100
 
 
