@@ -310,7 +310,11 @@ def folder_sizes(model_dir: pathlib.Path) -> dict[str, int]:
     return sizes
 
 
-def _report_size(model_dir: pathlib.Path, summary: dict) -> None:
+def _report_size(model_dir: pathlib.Path, summary: dict, is_chief: bool) -> None:
+    """Logs and records the run folder's size, on the chief only: the other workers share the folder
+    while the chief is still writing it, so their reading would be a race."""
+    if not is_chief:
+        return
     sizes = folder_sizes(model_dir)
     parts = ", ".join(f"{name} {value / 1e6:.1f} MB" for name, value in sizes.items() if name != "total")
     _log(f"run folder {model_dir}: {sizes['total'] / 1e6:.1f} MB" + (f" ({parts})" if parts else ""))
@@ -391,7 +395,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     if not segments:
         _log(f"training already complete: step {step} of {total}")
         summary.update(final_step=step, history=cb.load_history(run.model_dir / HISTORY_FILE))
-        _report_size(run.model_dir, summary)
+        _report_size(run.model_dir, summary, strategy.is_chief)
         return summary
 
     inputs = _fit_inputs(run, task, strategy, model, store, per_epoch, step)
@@ -403,7 +407,7 @@ def train(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo) -> dict:
     written = f"history in {history_path}" if strategy.is_chief else "files written by the chief"
     _log(f"trained to step {final_step} of {total} in {time.perf_counter() - started:.1f} s; {written}")
     summary.update(final_step=final_step, history=inputs.recorder.rows)
-    _report_size(run.model_dir, summary)
+    _report_size(run.model_dir, summary, strategy.is_chief)
     return summary
 
 
