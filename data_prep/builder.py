@@ -34,6 +34,8 @@ STATE_FILE = ".build_state.json"
 # unit_fn(unit, staging_paths: {split: Path}) -> result dict with keys:
 #   read (int), written {split: n}, per_class {class: {split: n}}, skipped {reason: n},
 #   skip_examples {reason: message}, over_quota (int), sources [ {file, sha256, num_bytes, ...} ]
+# and, optionally, ids {split: [record id in staged order]} (a unit of one class): a record whose id an
+# earlier unit staged is left out of the shards and counted as a duplicate_key skip.
 UnitFn = Callable[[dict, dict], dict]
 
 
@@ -137,9 +139,13 @@ def _stage_units(units: list[dict], unit_fn: UnitFn, staging: pathlib.Path, spli
     return [json.loads(_unit_result_path(staging, i).read_text()) for i in range(len(units))]
 
 
-def _round_robin(files: list[str]):
-    """Records of `files` taken one from each file in turn (an exhausted file drops out)."""
-    readers = [tfrecords.read_records(f) for f in files]
+def _round_robin(files: list[str], drop: list[set[int]]):
+    """Records of `files` taken one from each file in turn (an exhausted file drops out), leaving out
+    the positions in `drop[i]` of file i."""
+    def kept(path: str, left_out: set[int]):
+        return (r for k, r in enumerate(tfrecords.read_records(path)) if k not in left_out)
+
+    readers = [kept(f, d) for f, d in zip(files, drop)]
     while readers:
         for reader in list(readers):
             try:
@@ -148,19 +154,51 @@ def _round_robin(files: list[str]):
                 readers.remove(reader)
 
 
+def duplicate_positions(results: list[dict], splits: list[str]) -> dict[tuple[int, str], list[int]]:
+    """{(unit, split): staged positions} of the records whose id an earlier unit (in unit order, any
+    split) already staged; deterministic, so a resumed build drops the same records."""
+    seen: set[str] = set()
+    drop: dict[tuple[int, str], list[int]] = {}
+    for i, result in enumerate(results):
+        ids = result.get("ids") or {}
+        unit_ids = {split: ids.get(split, []) for split in splits}
+        for split, keys in unit_ids.items():
+            repeated = [k for k, key in enumerate(keys) if key in seen]
+            if repeated:
+                drop[(i, split)] = repeated
+        for keys in unit_ids.values():
+            seen.update(keys)
+    return drop
+
+
+def _count_duplicates(results: list[dict], drop: dict[tuple[int, str], list[int]], skipped: collections.Counter,
+                      skip_examples: dict[str, str], per_class: dict[str, dict[str, int]]) -> None:
+    """Move the dropped duplicates from the per-class counts to the duplicate_key skips."""
+    for (i, split), positions in sorted(drop.items()):
+        result = results[i]
+        (cls,) = result["per_class"]
+        per_class[cls][split] -= len(positions)
+        skipped["duplicate_key"] += len(positions)
+        key = result["ids"][split][positions[0]]
+        where = ", ".join(s["file"] for s in result.get("sources", [])) or cls
+        skip_examples.setdefault("duplicate_key", f"{where}: key_id {key} (and {len(positions) - 1} more) "
+                                                  "already read from another source file")
+
+
 def _write_split_shards(out_dir: pathlib.Path, staging: pathlib.Path, split: str, num_units: int,
-                        total: int, num_shards: int) -> list[dict]:
+                        total: int, num_shards: int, drop: dict[tuple[int, str], list[int]]) -> list[dict]:
     """Deal the staged records of `split` round-robin over units into shards; skip finished shards."""
     tf = tfrecords._tf()
     num_shards = max(1, min(num_shards, total))
     names = [tfrecords.shard_filename(split, i, num_shards) for i in range(num_shards)]
     missing = [i for i, name in enumerate(names) if not (out_dir / name).is_file()]
     if missing:
-        files = [str(_unit_staging_paths(staging, [split], i)[split]) for i in range(num_units)]
-        files = [f for f in files if os.path.getsize(f) > 0]
+        files = {i: str(_unit_staging_paths(staging, [split], i)[split]) for i in range(num_units)}
+        units = [i for i, f in files.items() if os.path.getsize(f) > 0]
         tmp = {i: out_dir / f".{names[i]}.tmp-{os.getpid()}" for i in missing}
         writers = {i: tf.io.TFRecordWriter(str(tmp[i])) for i in missing}
-        for k, record in enumerate(_round_robin(files)):
+        dealt = _round_robin([files[i] for i in units], [set(drop.get((i, split), ())) for i in units])
+        for k, record in enumerate(dealt):
             writer = writers.get(k % num_shards)
             if writer is not None:
                 writer.write(record)
@@ -230,11 +268,16 @@ def _build(out_dir: pathlib.Path, fp: str, *, units: list[dict], unit_fn: UnitFn
             for split, n in counts.items():
                 merged[split] += n
         sources.extend(result.get("sources", []))
+    drop = duplicate_positions(results, splits)
+    _count_duplicates(results, drop, skipped, skip_examples, per_class)
+    if any(units[i].get("strict") for i, _ in drop):
+        raise BuildError(f"--strict: {skip_examples['duplicate_key']}")
 
     split_info = {}
     for split in splits:
-        total = sum(r["written"].get(split, 0) for r in results)
-        shards = _write_split_shards(out_dir, staging, split, len(units), total, num_shards)
+        total = sum(r["written"].get(split, 0) for r in results) - sum(
+            len(positions) for (_, s), positions in drop.items() if s == split)
+        shards = _write_split_shards(out_dir, staging, split, len(units), total, num_shards, drop)
         written = sum(s["num_examples"] for s in shards)
         if written != total:
             raise BuildError(f"split {split!r}: staged {total} records but the shards hold {written}; "

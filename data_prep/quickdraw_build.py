@@ -136,6 +136,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     own_split = unit["format"] == "sketchrnn"
     test_fraction = unit["test_fraction"] or quotas["test"] / max(1, quotas["train"] + quotas["test"])
     records: dict[str, list[bytes]] = {split: [] for split in quotas}
+    ids: dict[str, list[str]] = {split: [] for split in quotas}
     read = over_quota = 0
     seen_keys: set[str] = set()
     path = pathlib.Path(unit["path"])
@@ -158,6 +159,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
             continue
         records[split].append(tfrecords.serialize_example(_record_values(drawing, image, unit["label"]),
                                                           specs))
+        ids[split].append(drawing.key_id)
     read += skips.total - skips.counts["unrenderable"] - skips.counts["duplicate_key"]  # the reader's skips
     for split, path_out in staging.items():
         tfrecords.write_records(path_out, records.get(split, []))
@@ -168,6 +170,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
         "skipped": skips.as_dict(),
         "skip_examples": dict(skips.examples),
         "over_quota": over_quota,
+        "ids": ids,  # the builder leaves out a key_id another category's file already gave
         "sources": [{"category": unit["category"], "file": path.name,
                      "num_bytes": path.stat().st_size, "sha256": tfrecords.sha256_file(path)}],
     }

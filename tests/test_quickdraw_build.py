@@ -197,6 +197,35 @@ def test_a_duplicate_key_id_is_a_counted_skip_and_the_data_set_verifies(tmp_path
     assert sum(verify.verify(tmp_path / "out")["splits"].values()) == 25
 
 
+def test_a_key_id_in_two_source_files_is_written_once_and_counted(tmp_path, quickdraw_dir):
+    cat = (quickdraw_dir / "simplified" / "cat.ndjson").read_bytes().splitlines()
+    dog = (quickdraw_dir / "simplified" / "dog.ndjson").read_bytes().splitlines()
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "cat.ndjson").write_bytes(b"\n".join(cat) + b"\n")
+    (source / "dog.ndjson").write_bytes(b"\n".join(dog + [cat[2], cat[9]]) + b"\n")  # copied into the next file
+    copied = {orjson.loads(cat[k])["key_id"] for k in (2, 9)}
+    info = build(source, tmp_path / "out", categories="cat,dog", train_per_class=100, test_per_class=100)
+    assert info["skipped"] == {"duplicate_key": 2}
+    assert "dog.ndjson" in info["skip_examples"]["duplicate_key"]
+    assert [info["records"][k] for k in ("read", "written", "skipped", "over_quota")] == [52, 50, 2, 0]
+    per_class = {cls: sum(info["splits"][s]["per_class"][cls] for s in info["splits"]) for cls in ("cat", "dog")}
+    assert per_class == {"cat": 25, "dog": 25}
+    assert sum(verify.verify(tmp_path / "out")["splits"].values()) == 50
+    labels_by_key = {}
+    for split in info["splits"]:
+        for path in sorted((tmp_path / "out").glob(f"{split}-*.tfrecord")):
+            for record in tf.data.TFRecordDataset(str(path)):
+                example = tf.train.Example.FromString(record.numpy())
+                key = example.features.feature["key_id"].bytes_list.value[0].decode()
+                labels_by_key[key] = example.features.feature["label"].int64_list.value[0]
+    assert len(labels_by_key) == 50 and copied <= set(labels_by_key)
+    assert {labels_by_key[k] for k in copied} == {info["classes"].index("cat")}  # the first file's copy is kept
+    with pytest.raises(builder.BuildError, match=r"--strict: dog.ndjson: key_id"):
+        build(source, tmp_path / "strict", categories="cat,dog", train_per_class=100, test_per_class=100,
+              strict=True)
+
+
 class _RunsACommand:
     """Pickles as a call of os.system: what a malicious sketch-rnn file could hold."""
 
