@@ -318,8 +318,9 @@ class TrainConfig:
     """
 
     mode: str = field("train", "train: fit (resumes from <model_dir>/checkpoints); evaluate: loss, top-1/top-5, "
-                      "confusion matrix; test: features and retrieval mAP; export: SavedModel and .keras.",
-                      choices=("train", "evaluate", "test", "export"))
+                      "confusion matrix; test: features and retrieval mAP; export: SavedModel and .keras; cv: "
+                      "k-fold cross-validation (-folds) of the train split, mean and spread in <model_dir>/cv.json.",
+                      choices=("train", "evaluate", "test", "export", "cv"))
     preset: str = field("", "Named recipe (training/presets.py: original, default, demo, smoke) applied over "
                         "these defaults; command-line flags still win. Empty: no preset.")
     data_path: str = field(DATA_PATH, "Built data set (dataset_info.json and shards), from `python -m "
@@ -376,6 +377,23 @@ class TrainConfig:
                         "or embed_images endpoint at the model's size, polarity auto: float32 (model.tflite) or "
                         "int8 (dynamic-range quantized weights, model_int8.tflite); described under 'tflite' in "
                         "model_meta.json. -tflite alone means float32.", choices=("none", "float32", "int8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CvConfig:
+    """k-fold cross-validation of a classifier (`-mode cv`, training/cross_validation.py).
+
+    The train split is divided into `folds` by a stable hash of each record's id (training/folds.py);
+    fold run k trains on the other folds and evaluates on fold k, in <model_dir>/fold_<k>of<folds>.
+    """
+
+    folds: int = field(5, "-mode cv: number of folds K (>= 2, at most the train records of the smallest class); "
+                       "trains K models into <model_dir>/fold_<k>of<K>/ and writes cv.json.")
+    fold: int = field(0, "The fold a run holds out (1..folds): it trains on the other folds of the train split and "
+                      "validates, evaluates and tests on this one. Set by -mode cv for each fold run (and kept in its "
+                      "train_config.json); 0: a normal run on the whole splits.")
+    fold_seed: int = field(0, "Seed of the fold assignment (the key of the id hash): the same seed gives every "
+                           "drawing the same fold in any process.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,13 +455,15 @@ def command_help(usage: str, flag_values: flags.FlagValues) -> str:
 
 
 def parse_command(argv: Sequence[str], classes: Sequence[type], prog: str, usage: str,
-                  flag_values: flags.FlagValues | None = None) -> tuple[list[str], flags.FlagValues] | int:
+                  flag_values: flags.FlagValues | None = None,
+                  known_only: bool = False) -> tuple[list[str], flags.FlagValues] | int:
     """Parse one command's flags, the fields of `classes`: (the positional arguments with argv[0], the
     parsed flags), or an exit code: 0 after printing the help for -h/-help/--help, 2 after a one-line
     error for an unknown flag or a bad value.
 
     A fresh FlagValues per command (the default) holds only that command's flags, so that its help lists
-    exactly them and a flag of another command is an error.
+    exactly them and a flag of another command is an error. known_only leaves unknown flags among the
+    returned arguments instead (a command that hands them on, as serving.batch does to Beam).
     """
     flag_values = flags.FlagValues() if flag_values is None else flag_values
     for cls in classes:
@@ -452,7 +472,7 @@ def parse_command(argv: Sequence[str], classes: Sequence[type], prog: str, usage
         print(command_help(usage, flag_values))
         return 0
     try:
-        return flag_values(list(argv)), flag_values
+        return flag_values(list(argv), known_only=known_only), flag_values
     except flags.Error as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2

@@ -531,23 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     Unless --verbose, TensorFlow's and Beam's log lines (workers' too) go to <out>/job.log.
     """
     import configuration_sketch as cs
-    from absl import flags
 
     from serving.quiet import stderr_to_log
 
     argv = list(sys.argv if argv is None else argv)
-    flag_values = flags.FlagValues()
-    cs.define_flags(BatchConfig, flag_values)
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(flag_values.module_help(cs.__name__) or flag_values.main_module_help())
-        print("\nAny other flag is a Beam pipeline option (--runner, --direct_num_workers, --project, ...).")
-        return 0
-    try:
-        rest = flag_values(argv, known_only=True)[1:]
-    except flags.Error as err:
-        print(f"serving.batch: {err}", file=sys.stderr)
-        return 2
+    parsed = cs.parse_command(argv, [BatchConfig], "serving.batch", __doc__, known_only=True)
+    if isinstance(parsed, int):
+        return parsed
+    rest, flag_values = parsed[0][1:], parsed[1]
     config = cs.from_flags(BatchConfig, flag_values)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if config.verbose else "3")
     root = logging.getLogger()
