@@ -5,6 +5,7 @@
         [-optimizer adamw] [-augment] [-mixed_precision] [-strategy auto] [-cpu_devices 2]
     python train_sketch_net.py -mode evaluate|test|export -model_dir runs/sknet [-ckpt last|best|PATH]
     python train_sketch_net.py -mode export -model_dir runs/sknet -tflite [float32|int8]
+    python train_sketch_net.py -mode cv -folds 5 -data_path data/quickdraw -model_dir runs/cv [-fold_seed 0]
 
 train resumes from <model_dir>/checkpoints when it finds a checkpoint (Ctrl-C saves one; so does
 every epoch, and every -steps_per_checkpoint steps; the newest -keep_checkpoints are kept, and one whose
@@ -13,10 +14,13 @@ of the run folder. evaluate writes evaluate.json and the confusion
 matrix; test writes features_test.npz and similarity.json (retrieval mAP of the `features` layer);
 export writes <model_dir>/export (SavedModel with serving endpoints, model.keras, model_meta.json),
 and with -tflite a TensorFlow Lite model beside them (model.tflite, or model_int8.tflite for -tflite int8;
--tflite alone means float32).
+-tflite alone means float32). cv trains one run folder per fold of the train split
+(<model_dir>/fold_<k>of<K>, split by a stable hash of each record's id), evaluates each on its held-out
+fold and writes the mean and standard deviation of top-1, top-5 and mAP to <model_dir>/cv.json; a rerun
+keeps finished folds and resumes the others.
 
 Flags are the fields of configuration_sketch's TrainConfig, ModelConfig, PipelineConfig and
-AugmentConfig (and those of any training task's configs). Override order: the dataclass defaults,
+AugmentConfig (and those of any training task's configs: CvConfig's -folds, -fold, -fold_seed). Override order: the dataclass defaults,
 then -preset, then the flags given on the command line.
 """
 
@@ -98,9 +102,20 @@ def summarize(mode: str, result: dict) -> str:
             line += (f"; sketch-to-photo mAP {cross['map']:.4f}{chance_of(cross)} ({cross['num_queries']} sketches, "
                      f"{cross['num_gallery']} photos)")
         return line
+    if mode == "cv":
+        return summarize_cv(result)
     lite = result.get("tflite")
     return (f"export: {result['export_dir']} (trained on {result['polarity']} images"
             + (f"; TensorFlow Lite: {lite['file']}, {lite['quantization']})" if lite else ")"))
+
+
+def summarize_cv(result: dict) -> str:
+    """One line for -mode cv: mean ± sample standard deviation of each figure over the folds, and chance."""
+    mean, std, chance = result["mean"], result["std"], result["chance"]
+    figures = ", ".join(f"{label} {mean[key]:.4f} ± {std[key]:.4f} (chance {chance[key]:.4f})"
+                        for label, key in (("top-1", "top1_accuracy"), ("top-5", "top5_accuracy"), ("mAP", "map")))
+    return (f"cv: {result['folds']} folds of {result['records']['total']} {result['records']['split']} records: "
+            f"{figures}; mean ± std (ddof {result['ddof']}) in {result['cv_file']}")
 
 
 def chance_of(report: dict) -> str:

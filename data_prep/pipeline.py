@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import tensorflow as tf
 
@@ -72,12 +72,14 @@ def record_dataset(files: list[pathlib.Path], *, shuffle: bool, seed: int | None
 def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_size: int | None = None,
                shuffle: bool = False, *, channels: int | None = None, repeat: bool = False,
                seed: int | None = None, drop_remainder: bool = False, with_key_ids: bool = False,
-               cycle_length: int = 4, shuffle_buffer: int = 10000) -> tf.data.Dataset:
+               cycle_length: int = 4, shuffle_buffer: int = 10000,
+               record_filter: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
     """Batches of (image float32 [B, H, W, C] in [0, 1], label int32 [B]) from one split.
 
     With `shuffle=False` the order is fixed (evaluation); with `with_key_ids=True` each
     element is (image, label, id), the id being the feature dataset_info.json names as its
-    `id_feature` (Quick, Draw!: key_id; Sketchy: item_id).
+    `id_feature` (Quick, Draw!: key_id; Sketchy: item_id). `record_filter` (a predicate on one
+    serialized record) keeps a subset of the split, e.g. a cross-validation fold (training/folds.py).
     """
     if batch_size < 1:
         raise ValueError(f"Invalid value for argument `batch_size`: {batch_size}. Expected >= 1.")
@@ -101,6 +103,8 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
 
     ds = record_dataset(files, shuffle=shuffle, seed=seed, cycle_length=cycle_length,
                         shuffle_buffer=shuffle_buffer, repeat=repeat)
+    if record_filter is not None:
+        ds = ds.filter(record_filter)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
     options = tf.data.Options()

@@ -1,4 +1,4 @@
-"""The four modes of train_sketch_net.py: train, evaluate, test, export.
+"""The four modes of train_sketch_net.py: train, evaluate, test, export (-mode cv: training/cross_validation.py).
 
 `prepare_run` turns configs into a checked Run (data set found and matching, model trainable),
 `train` fits under the chosen strategy with checkpoints and automatic resume, `evaluate`, `test`
@@ -26,12 +26,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from configuration_sketch import AugmentConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
+from configuration_sketch import AugmentConfig, CvConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
 from data_prep import tfrecords, verify
 from data_prep.atomic_files import write_json_atomic
 from serving import tflite
 from training import callbacks as cb
-from training import presets, tasks
+from training import folds, presets, tasks
 from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built
 from training.strategy import StrategyInfo, make_strategy
 
@@ -51,6 +51,7 @@ LOG_DIR = "logs"
 SHAPING_FIELDS: dict[type, tuple[str, ...] | None] = {
     ModelConfig: None,
     EmbeddingConfig: ("embedding_dim", "backbone", "l2_normalize", "shared_weights", "bits"),
+    CvConfig: ("folds", "fold", "fold_seed"),  # which records a fold run trains on and holds out
 }
 # Exit statuses of the CLI.
 EXIT_ERROR = 2
@@ -188,6 +189,12 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
     except ValueError as e:
         raise ToolError(f"-model: {e}") from None
     info = read_info(train.data_path)
+    cv = configs.get(CvConfig)
+    if cv is not None and cv.fold:  # a cross-validation fold run: its splits are parts of the train split
+        try:
+            info = folds.fold_info(info, train.data_path, cv, task.name)
+        except (folds.FoldError, tfrecords.DatasetInfoError) as e:
+            raise ToolError(str(e)) from None
     if train.mode == "train" and int(info["splits"].get(task.train_split, {}).get("num_examples", 0)) == 0:
         raise ToolError(f"The {task.train_split!r} split of the data set at {train.data_path!r} is empty; "
                         "rebuild it with --train_per_class > 0.")
@@ -613,7 +620,12 @@ MODES = {"evaluate": evaluate, "test": test, "export": export}
 
 
 def run_mode(configs: Mapping[type, Any], explicit: set[str]) -> dict:
-    """Run the mode of TrainConfig: check everything, build the strategy (train), run."""
+    """Run the mode of TrainConfig: check everything, build the strategy (train), run; -mode cv is
+    training/cross_validation.py's."""
+    if configs[TrainConfig].mode == "cv":
+        from training import cross_validation
+
+        return cross_validation.run(configs, explicit)
     run, task = prepare_run(configs, explicit)  # reads JSON only: TensorFlow's runtime has not started
     try:
         if run.train.mode == "train":

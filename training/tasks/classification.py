@@ -8,6 +8,8 @@
   data set (Sketchy) also `sketch_to_photo`: sketch queries against the photo gallery, the metric
   task's protocol, so classifier features are the baseline the embedding models are judged by;
   there features_test.npz holds the test sketches, then the test photos, from that one pass.
+- A fold run of cross-validation (CvConfig.fold > 0, training/folds.py) reads the train split only: it
+  trains on the other folds, and its "test split" (validation, evaluate, test) is the held-out fold.
 - export: serving.export.export_model, kind 'classifier' (classify and embed endpoints), with the
   polarity of the training images (white_on_black on Quick, Draw!) and -tflite's TensorFlow Lite file.
 """
@@ -22,12 +24,13 @@ import numpy as np
 import tensorflow as tf
 
 import models
+from configuration_sketch import CvConfig
 from data_prep import tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
 from serving import classification_metrics, export
 from serving.features import save_features
-from training import evaluation, plots
+from training import evaluation, folds, plots
 from training.augment import build_augmenter
 from training.tasks import Run, Task, metric, training_polarity
 
@@ -38,6 +41,7 @@ RETRIEVAL_K = (1, 10, 100)
 class ClassificationTask(Task):
     name = "classification"
     models = ("sknet", "skresnet", "sketch_a_net")
+    config_classes = (CvConfig,)
     monitor = ("val_accuracy", "max")
 
     def build_model(self, run: Run) -> keras.Model:
@@ -53,8 +57,10 @@ class ClassificationTask(Task):
 
     def _split(self, run: Run, split: str, **kwargs) -> tf.data.Dataset:
         pipeline = run.pipeline
-        return load_split(run.data_path, split, pipeline.batch_size, image_size=run.model.image_size,
-                          channels=run.model.channels, cycle_length=pipeline.cycle_length, **kwargs)
+        stored, keep = folds.split_filter(run.info, run.config(CvConfig), split, self.test_split)
+        return load_split(run.data_path, stored, pipeline.batch_size, image_size=run.model.image_size,
+                          channels=run.model.channels, cycle_length=pipeline.cycle_length, record_filter=keep,
+                          **kwargs)
 
     def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
         ds = self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
