@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -134,7 +135,7 @@ def run_fold(configs: Mapping[type, Any], explicit: set[str], fold: int, strateg
         "loss": evaluated["loss"],
         **{name: (tested if name == "map" else evaluated)[name] for name in METRICS},
         "chance": {**evaluated["chance"], "map": tested["chance"]["map"]},
-        "checkpoint": evaluated["checkpoint"],
+        "checkpoint": os.path.relpath(evaluated["checkpoint"], run.model_dir),  # valid where the folder moves
         "config": config_record(configs),
     }
     if strategy.is_chief:
