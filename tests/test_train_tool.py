@@ -3,6 +3,7 @@ they train (the batch-norm trap), export reloaded in a fresh process, and bad in
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pathlib
@@ -140,6 +141,34 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained, quick
     images, labels = split_images(quickdraw_28px)
     expected = evaluation.classification_metrics(model.predict(images, verbose=0), labels)
     assert result["loss"] == pytest.approx(expected["loss"], abs=1e-5) and result["loss"] < 10
+
+
+def test_corrupt_best_and_ckpt_path_files_are_refused_by_their_recorded_checksums(trained, tmp_path):
+    """Hardening item 6, -ckpt best and -ckpt PATH: best.keras carries a checksum file written with it, and
+    a file of a checkpoints folder its state.json record; a flipped byte in either is a one-line error."""
+    recorded = json.loads((trained / "best.keras.sha256.json").read_text())
+    data = (trained / "best.keras").read_bytes()
+    assert (recorded["sha256"], recorded["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir, ignore=shutil.ignore_patterns("export", "logs"))
+    assert run_api(mode="evaluate", model_dir=str(run_dir), ckpt="best")["checkpoint"].endswith("best.keras")
+    best = run_dir / "best.keras"
+    flipped = bytearray(best.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    best.write_bytes(bytes(flipped))
+    with pytest.raises(trainer.ToolError, match=r"-ckpt best: .*best.keras' does not match the SHA-256"):
+        run_api(mode="evaluate", model_dir=str(run_dir), ckpt="best")
+    latest = run_dir / "checkpoints" / "ckpt-00000040.weights.h5"
+    with h5py.File(latest, "r") as f:
+        offset = f["layers/dense/vars/0"].id.get_offset()
+    with open(latest, "r+b") as f:
+        f.seek(offset + 3)
+        f.write(b"\x7e")
+    with pytest.raises(trainer.ToolError, match=r"ckpt-00000040.weights.h5' does not match the SHA-256"):
+        run_api(mode="evaluate", model_dir=str(run_dir), ckpt=str(latest))
+    elsewhere = tmp_path / "elsewhere.weights.h5"  # a file with no record is loaded as given
+    shutil.copy(trained / "checkpoints" / "ckpt-00000030.weights.h5", elsewhere)
+    assert run_api(mode="evaluate", model_dir=str(run_dir), ckpt=str(elsewhere))["checkpoint"] == str(elsewhere)
 
 
 def test_short_run_evaluates_like_it_trains(trained, quickdraw_28px):

@@ -20,7 +20,7 @@ import numpy as np
 
 from data_prep.atomic_files import write_json_atomic
 from training import plots
-from training.checkpoints import CheckpointStore
+from training.checkpoints import CheckpointStore, record_checksum
 
 
 def _finite(value) -> bool:
@@ -362,6 +362,7 @@ class BestModelKeeper(keras.callbacks.Callback):
                 tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
                 save_without_optimizer(self.model, tmp)
                 os.replace(tmp, self.path)
+                record_checksum(self.path)
 
 
 def best_in_history(rows: list[dict], monitor: str, mode: str) -> float | None:

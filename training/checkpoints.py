@@ -75,6 +75,38 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+CHECKSUM_SUFFIX = ".sha256.json"
+
+
+def record_checksum(path: str | os.PathLike) -> None:
+    """Write <path>.sha256.json ({"sha256", "bytes"}) beside a file saved outside a store (best.keras), so
+    that loading it can be checked as a checkpoint is."""
+    path = pathlib.Path(path)
+    write_json_atomic(path.with_name(path.name + CHECKSUM_SUFFIX),
+                      {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size})
+
+
+def recorded_problem(path: str | os.PathLike) -> str | None:
+    """Why the weights file `path` does not match what was recorded when it was written (its
+    .sha256.json, or the state.json of the checkpoints folder holding it); None when it matches or
+    nothing was recorded (a file from elsewhere)."""
+    path = pathlib.Path(path)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if sidecar.is_file():
+        try:
+            raw = json.loads(sidecar.read_text())
+            state = CheckpointState(0, 0, path.name, 0.0, "", str(raw["sha256"]), int(raw["bytes"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            return f"has a damaged checksum file {str(sidecar)!r} ({e})"
+        return CheckpointStore(path.parent).problem(state)
+    store = CheckpointStore(path.parent)
+    try:
+        records = [r for r in store.records() if r.file == path.name]
+    except CheckpointError:
+        return None
+    return store.problem(records[-1]) if records else None
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 

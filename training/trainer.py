@@ -32,7 +32,7 @@ from data_prep.atomic_files import write_json_atomic
 from serving import tflite
 from training import callbacks as cb
 from training import folds, presets, tasks
-from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built
+from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built, recorded_problem
 from training.strategy import StrategyInfo, make_strategy
 
 BASE_CONFIGS = (TrainConfig, ModelConfig, PipelineConfig, AugmentConfig)
@@ -349,6 +349,7 @@ def load_weights_file(model: keras.Model, ckpt: str) -> None:
     if not path.is_file():
         raise ToolError(f"-ckpt {ckpt!r} is not a file (expected a .keras or .weights.h5 file; evaluate, test "
                         "and export also take 'last' or 'best').")
+    _check_recorded(path, f"-ckpt {ckpt!r}")
     try:
         if path.name.endswith(".keras"):
             model.set_weights(keras.models.load_model(path, compile=False).get_weights())
@@ -356,6 +357,14 @@ def load_weights_file(model: keras.Model, ckpt: str) -> None:
             model.load_weights(path)
     except (OSError, ValueError) as e:
         raise ToolError(f"-ckpt {ckpt!r} does not fit the run's model: {e}") from None
+
+
+def _check_recorded(path: pathlib.Path, what: str) -> None:
+    """ToolError when a weights file of a run no longer matches the checksum recorded when it was written."""
+    problem = recorded_problem(path)
+    if problem:
+        raise ToolError(f"{what}: {str(path)!r} {problem}; use another checkpoint (-ckpt last, or a file in "
+                        "the checkpoints folder).")
 
 
 def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str:
@@ -553,6 +562,7 @@ def load_weights_for(run: tasks.Run, task: tasks.Task) -> tuple[keras.Model, str
         path = run.model_dir / BEST_FILE
         if not path.is_file():
             raise ToolError(f"-ckpt best: {str(path)!r} does not exist (it is written when validation improves).")
+        _check_recorded(path, "-ckpt best")
         return keras.models.load_model(path, compile=False), str(path)
     model = task.build_model(run)
     if ckpt == "last":
