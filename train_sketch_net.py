@@ -20,8 +20,8 @@ fold and writes the mean and standard deviation of top-1, top-5 and mAP to <mode
 keeps finished folds and resumes the others.
 
 Flags are the fields of configuration_sketch's TrainConfig, ModelConfig, PipelineConfig and
-AugmentConfig (and those of any training task's configs: CvConfig's -folds, -fold, -fold_seed). Override order: the dataclass defaults,
-then -preset, then the flags given on the command line.
+AugmentConfig (and those of any training task's configs: CvConfig's -folds, -fold, -fold_seed).
+Override order: the dataclass defaults, then -preset, then the flags given on the command line.
 """
 
 from __future__ import annotations
