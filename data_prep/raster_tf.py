@@ -1,0 +1,292 @@
+"""Strokes -> anti-aliased pixels inside the TensorFlow graph: `data_prep.raster`'s geometry, batched.
+
+`rasterize_batch(points, stroke_ids, num_points, ...)` draws a padded batch of drawings into
+[B, H, W, C] (C = 1, or 3 with time channels) with the recipe of `data_prep.raster.rasterize`:
+the same `layout` (normalize "auto" / "always" / "never", FIT_TOLERANCE), the same device
+transform (line width and padding in frame units, centring offset) and the same time channels
+(channel 1 stroke order, later strokes over earlier ones; channel 2 each segment on its own in
+the grey of its mean tau). No Python loop per drawing; `tf.function(jit_compile=True)` works.
+
+Inputs (the padded form):
+  points      [B, P, 2 | 3] float32: x, y (and t) of every point, strokes concatenated in order;
+  stroke_ids  [B, P] int: a change of id between consecutive points starts a new stroke (any
+              ids that differ between neighbouring strokes do);
+  num_points  [B] int: the valid points of each drawing; the rest of the row is padding.
+`pad_drawings` (numpy stroke lists, for tests and serving) and `pad_records` (the records'
+`strokes/points` + `strokes/lengths`, in TensorFlow) build it.
+
+Drawing: per segment, pixel coverage = clip(half_width_px - distance + 0.5, 0, 1), the exact
+1-D box-filter coverage of a line at least a pixel wide, measured from the pixel centre to the
+segment (a round-capped capsule; a lone point is a zero-length segment, a round dot). A stroke
+is the union (maximum) of its segments; strokes are composited source-over, 1 - prod(1 - c).
+Segments are visited in order in a `tf.while_loop` over chunks of CHUNK segments, unrolled
+inside a chunk, so the state is a handful of [B, H, W] float32 images whatever the number of
+points: memory is about (7 + C) * B * H * W * 4 bytes beyond the inputs (64 drawings at 128 px:
+about 40 MB with time channels), and the loop stops at the batch's longest drawing, so padding
+costs nothing. Work is B * H * W * points: fine on an accelerator, slower than skia on a CPU at
+64 px and above (see BENCHMARKS.md).
+
+Bad input never raises inside the graph: num_points is clipped to 0..P; points with a non-finite
+coordinate (or t) are dropped, as if absent (`non_finite_points` counts them); a drawing left
+with no points is a black image; device coordinates are clamped to +-CLAMP_PX so that absurd
+values cannot overflow. The padding helpers keep the first `max_points` (MAX_POINTS) points of a
+drawing and return how many they cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from data_prep.raster import (FIT_TOLERANCE, NORMALIZE_MODES, ORDER_STEP, ORDER_STEPS, TIME_SPAN, TIME_START,
+                              _check_options)
+
+MAX_POINTS = 2048  # points kept per drawing by the padding helpers (largest real raw drawing: ~1,200)
+CHUNK = 8  # segments per while_loop iteration, unrolled (one fused pixel loop under XLA)
+CLAMP_PX = 2.0**20  # |device coordinate| bound: far outside any image, far inside float32 range
+
+
+class StrokeBatch(NamedTuple):
+    """The padded form of a batch of drawings, and how many points the cap cut from each."""
+
+    points: np.ndarray | tf.Tensor  # [B, P, dims] float32
+    stroke_ids: np.ndarray | tf.Tensor  # [B, P] int32
+    num_points: np.ndarray | tf.Tensor  # [B] int32
+    truncated: np.ndarray | tf.Tensor  # [B] int32: points beyond max_points, not drawn
+
+
+def pad_drawings(drawings: Sequence[Sequence], max_points: int = MAX_POINTS, dims: int | None = None) -> StrokeBatch:
+    """Numpy strokes (lists of (points, 2 | 3) arrays, Drawing.strokes) as a StrokeBatch.
+
+    P is the longest drawing's point count after the cap (at least 1); an empty drawing gets no
+    points. `dims` defaults to the first stroke's column count (2 if there is none); strokes with
+    more columns are cut to `dims`, strokes with fewer raise ValueError.
+    """
+    if dims is None:
+        dims = next((np.shape(s)[1] for d in drawings for s in d if len(s)), 2)
+    flat = []
+    for i, strokes in enumerate(drawings):
+        arrays = [np.asarray(s, np.float32) for s in strokes]
+        arrays = [a.reshape(0, dims) if a.size == 0 else a for a in arrays]
+        if any(a.ndim != 2 or a.shape[1] < dims for a in arrays):
+            raise ValueError(f"drawing {i}: strokes of shapes {[a.shape for a in arrays]}, "
+                             f"expected (points, {dims} or more).")
+        ids = [np.full(len(a), k, np.int32) for k, a in enumerate(arrays)]
+        pts = np.concatenate([a[:, :dims] for a in arrays]) if arrays else np.zeros((0, dims), np.float32)
+        flat.append((pts, np.concatenate(ids) if ids else np.zeros(0, np.int32)))
+    counts = np.array([len(p) for p, _ in flat], np.int64)
+    kept = np.minimum(counts, max_points)
+    width = max(1, int(kept.max(initial=0)))
+    points = np.zeros((len(flat), width, dims), np.float32)
+    stroke_ids = np.full((len(flat), width), -1, np.int32)
+    for i, ((pts, ids), n) in enumerate(zip(flat, kept)):
+        points[i, :n], stroke_ids[i, :n] = pts[:n], ids[:n]
+    return StrokeBatch(points, stroke_ids, kept.astype(np.int32), (counts - kept).astype(np.int32))
+
+
+def pad_records(points: tf.RaggedTensor, lengths: tf.RaggedTensor, dims: int,
+                max_points: int = MAX_POINTS) -> StrokeBatch:
+    """Parsed records' `strokes/points` [B, None] (flat, row-major) and `strokes/lengths` [B, None] as a StrokeBatch.
+
+    `dims` (2 or 3) is the data set's `strokes/dims`; P is max_points (fixed, so batches keep
+    one shape); points beyond it are cut and counted.
+    """
+    points = tf.RaggedTensor.from_row_lengths(
+        tf.reshape(tf.cast(points.flat_values, tf.float32), [-1, dims]), points.row_lengths() // dims)
+    lengths = tf.cast(lengths, tf.int64)
+    stroke_of_point = tf.repeat(tf.range(tf.size(lengths.flat_values, tf.int64)), lengths.flat_values)
+    stroke_ids = tf.RaggedTensor.from_row_lengths(tf.cast(stroke_of_point, tf.int32), points.row_lengths())
+    counts = tf.cast(points.row_lengths(), tf.int32)
+    kept = tf.minimum(counts, max_points)
+    batch = tf.shape(counts, tf.int64)[0]
+    return StrokeBatch(points.to_tensor(0.0, shape=tf.stack([batch, max_points, dims])),
+                       stroke_ids.to_tensor(-1, shape=tf.stack([batch, max_points])), kept, counts - kept)
+
+
+def _valid_points(points: tf.Tensor, num_points: tf.Tensor) -> tf.Tensor:
+    """[B, P] bool: within the drawing's num_points (clipped to 0..P) and every coordinate finite."""
+    width = tf.shape(points)[1]
+    n = tf.clip_by_value(tf.cast(num_points, tf.int32), 0, width)
+    return (tf.range(width)[None, :] < n[:, None]) & tf.reduce_all(tf.math.is_finite(points), axis=-1)
+
+
+def non_finite_points(points: tf.Tensor, num_points: tf.Tensor) -> tf.Tensor:
+    """[B] int32: the points of each drawing that `rasterize_batch` drops for a nan or inf coordinate."""
+    points = tf.convert_to_tensor(points, tf.float32)
+    width = tf.shape(points)[1]
+    inside = tf.range(width)[None, :] < tf.clip_by_value(tf.cast(num_points, tf.int32), 0, width)[:, None]
+    return tf.reduce_sum(tf.cast(inside & ~_valid_points(points, num_points), tf.int32), axis=1)
+
+
+def _prefix_sum(x: tf.Tensor) -> tf.Tensor:
+    """Inclusive cumsum along axis 1 by log2(P) shifted adds: XLA's cumsum is quadratic in P on the CPU."""
+    width = x.shape[1]
+    if width is None:
+        return tf.cumsum(x, axis=1)
+    shift = 1
+    while shift < width:
+        x = x + tf.pad(x[:, :-shift], [[0, 0], [shift, 0]])
+        shift *= 2
+    return x
+
+
+def _compact(points: tf.Tensor, stroke_ids: tf.Tensor, valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The valid points moved to the front of each row, in order: dropped points are as if absent.
+
+    A scatter to positions counted by cumsum (argsort lowers to a sort that compiles slowly).
+    """
+    ones = tf.cast(valid, tf.int32)
+    count = tf.reduce_sum(ones, axis=1, keepdims=True)
+    before = _prefix_sum(ones)
+    target = tf.where(valid, before - 1, count + tf.range(tf.shape(points)[1])[None, :] - before)
+    rows = tf.broadcast_to(tf.range(tf.shape(points)[0])[:, None], tf.shape(target))
+    index = tf.stack([rows, target], axis=-1)
+    kept = tf.range(tf.shape(points)[1])[None, :] < count
+    moved = tf.scatter_nd(index, tf.where(valid[..., None], points, 0.0), tf.shape(points))
+    return moved, tf.scatter_nd(index, tf.cast(stroke_ids, tf.int32), tf.shape(target)), kept
+
+
+def _layout(xy: tf.Tensor, valid: tf.Tensor, frame: int, normalize: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """(xy in frame units [B, P, 2], centring offset [B, 2]): `raster.layout`'s fit rule, per drawing."""
+    inside = valid[..., None]
+    lo = tf.reduce_min(tf.where(inside, xy, np.inf), axis=1)
+    hi = tf.reduce_max(tf.where(inside, xy, -np.inf), axis=1)
+    some = tf.reduce_any(valid, axis=1)[:, None]
+    lo, hi = tf.where(some, lo, 0.0), tf.where(some, hi, 0.0)
+    tol = FIT_TOLERANCE * frame
+    top = tf.reduce_max(hi, axis=1)
+    fitted = ((tf.reduce_min(lo, axis=1) >= 0) & (tf.reduce_max(lo, axis=1) <= tol)
+              & (top >= frame - 1 - tol) & (top <= frame - 1))
+    fit = {"always": tf.ones_like(fitted), "never": tf.zeros_like(fitted), "auto": ~fitted}[normalize]
+    span = tf.reduce_max(hi - lo, axis=1)
+    k = tf.where(span > 0, tf.math.divide_no_nan(tf.constant(frame - 1.0), span), 1.0)[:, None]
+    xy = tf.where(fit[:, None, None], (xy - lo[:, None]) * k[..., None], xy)
+    hi = tf.where(fit[:, None], (hi - lo) * k, hi)
+    return xy, (frame - hi) / 2
+
+
+def _point_times(points: tf.Tensor, valid: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """tau [B, P] as `raster.point_times`: normalised t when given and varying, else index / (N - 1)."""
+    index = tf.cast(tf.range(tf.shape(points)[1]), tf.float32)[None, :]
+    by_index = tf.math.divide_no_nan(index, tf.cast(count[:, None] - 1, tf.float32))
+    if points.shape[-1] != 3:
+        return by_index
+    t = points[..., 2]
+    t0 = tf.reduce_min(tf.where(valid, t, np.inf), axis=1, keepdims=True)
+    t1 = tf.reduce_max(tf.where(valid, t, -np.inf), axis=1, keepdims=True)
+    varies = tf.math.is_finite(t1 - t0) & (t1 > t0)
+    return tf.where(varies, tf.math.divide_no_nan(t - tf.where(varies, t0, 0.0), tf.where(varies, t1 - t0, 1.0)),
+                    by_index)
+
+
+def _segments(points: tf.Tensor, stroke_ids: tf.Tensor, valid: tf.Tensor, xy: tf.Tensor) -> tf.Tensor:
+    """[B, P, 10] per point: its segment (a, b - a, 1 / |b - a|^2), whether it draws in the strokes
+    image, whether it ends its stroke, its stroke's order value, whether and in which grey it draws
+    in the time channel. Segment i runs to point i + 1 of the same stroke, else it is a dot at i."""
+    nxt = tf.concat([valid[:, 1:], tf.zeros_like(valid[:, :1])], axis=1)
+    same_next = valid & nxt & tf.concat([tf.equal(stroke_ids[:, :-1], stroke_ids[:, 1:]),
+                                         tf.zeros_like(valid[:, :1])], axis=1)
+    same_prev = tf.concat([tf.zeros_like(valid[:, :1]), same_next[:, :-1]], axis=1)
+    b = tf.where(same_next[..., None], tf.concat([xy[:, 1:], xy[:, -1:]], axis=1), xy)
+    d = b - xy
+    length2 = tf.reduce_sum(d * d, axis=-1)
+    rank = _prefix_sum(tf.cast(valid & ~same_prev, tf.int32)) - 1
+    order = tf.cast(255 - tf.minimum(rank, ORDER_STEPS) * ORDER_STEP, tf.float32) / 255
+    tau = _point_times(points, valid, tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
+    tau_b = tf.where(same_next, tf.concat([tau[:, 1:], tau[:, -1:]], axis=1), tau)
+    grey = tf.round(TIME_START - TIME_SPAN * (tau + tau_b) / 2) / 255
+    flag = lambda m: tf.cast(m, tf.float32)  # noqa: E731
+    return tf.stack([xy[..., 0], xy[..., 1], d[..., 0], d[..., 1], tf.math.divide_no_nan(1.0, length2),
+                     flag(valid), flag(valid & ~same_next), order, flag(valid & (same_next | ~same_prev)), grey],
+                    axis=-1)
+
+
+def _coverage(gx: tf.Tensor, gy: tf.Tensor, seg: list[tf.Tensor], reach: float) -> tf.Tensor:
+    """[B, H, W] coverage of one capsule: clip(half width + 0.5 - distance to the segment, 0, 1)."""
+    ax, ay, dx, dy, inv = seg[:5]
+    px, py = gx - ax, gy - ay
+    t = tf.clip_by_value((px * dx + py * dy) * inv, 0.0, 1.0)
+    ex, ey = px - t * dx, py - t * dy
+    return tf.clip_by_value(reach - tf.sqrt(ex * ex + ey * ey), 0.0, 1.0)
+
+
+def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: float, time_channels: bool,
+          chunk: int) -> tf.Tensor:
+    """[B, H, W, C] in 0..1: the segments visited in order, `chunk` per loop iteration (unrolled)."""
+    batch = tf.shape(segments)[0]
+    segments = tf.pad(segments, [[0, 0], [0, chunk], [0, 0]])
+    centres = tf.range(image_size, dtype=tf.float32) + 0.5
+    gx, gy = centres[None, None, :], centres[None, :, None]
+    reach = half_width + 0.5
+    chunks = (tf.reduce_max(count) + chunk - 1) // chunk
+    blank = tf.zeros(tf.stack([batch, image_size, image_size]), tf.float32)
+
+    def body(i, stroke, ink, order, time):
+        part = tf.slice(segments, tf.stack([0, i * chunk, 0]), tf.stack([batch, chunk, segments.shape[-1]]))
+        for k in range(chunk):
+            seg = tf.unstack(part[:, k, :, None, None], axis=1)
+            _, _, _, _, _, draws, ends, value, timed, grey = seg
+            c = _coverage(gx, gy, seg, reach)
+            stroke = tf.maximum(stroke, c * draws)
+            done = stroke * ends
+            ink = ink + done * (1 - ink)
+            stroke = stroke * (1 - ends)
+            if time_channels:
+                order = order + done * (value - order)
+                c = c * timed
+                time = time + c * (grey - time)
+        return (i + 1,) + tuple(tf.ensure_shape(x, blank.shape) for x in (stroke, ink, order, time))
+
+    _, _, ink, order, time = tf.while_loop(lambda i, *_: i < chunks, body, (0, blank, blank, blank, blank))
+    return tf.stack([ink, order, time] if time_channels else [ink], axis=-1)
+
+
+def _rasterize(points: tf.Tensor, stroke_ids: tf.Tensor, num_points: tf.Tensor, image_size: int, line_width: float,
+               padding: float, frame: int, time_channels: bool, normalize: str, chunk: int) -> tf.Tensor:
+    """[B, H, W, C] float32 on 0..255: compact, place, transform to pixels, draw."""
+    valid = _valid_points(points, num_points)
+    points, stroke_ids, valid = _compact(tf.clip_by_value(points, -1e18, 1e18), stroke_ids, valid)
+    xy, offset = _layout(points[..., :2], valid, frame, normalize)
+    total_padding = 2.0 * padding + line_width
+    scale = image_size / (frame + total_padding)
+    device = tf.clip_by_value(scale * (xy + offset[:, None] + total_padding / 2), -CLAMP_PX, CLAMP_PX)
+    segments = _segments(points, stroke_ids, valid, device)
+    count = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    return _draw(segments, count, image_size, line_width * scale / 2, time_channels, chunk) * 255
+
+
+_rasterize_graph = tf.function(_rasterize, reduce_retracing=True)  # eager callers: one graph, not op by op
+EAGER_CHUNK = 1  # for that graph: without XLA unrolling fuses nothing, and a small graph traces faster
+
+
+def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_width: float = 16.0,
+                    padding: float = 16.0, frame: int = 256, time_channels: bool = False, normalize: str = "auto",
+                    dtype: tf.DType = tf.uint8) -> tf.Tensor:
+    """A padded batch of drawings as [B, image_size, image_size, 1 | 3] images, white on black.
+
+    Same options and channels as `raster.rasterize` (see the module docstring for the padded
+    form and for bad input). dtype tf.uint8 rounds like the stored images; tf.float32 gives the
+    unrounded values on the same 0..255 scale. Called eagerly it runs as one (cached) graph.
+    """
+    _check_options(image_size, line_width, padding, frame, normalize)
+    points = tf.convert_to_tensor(points, tf.float32)
+    if points.shape.rank != 3 or points.shape[-1] not in (2, 3):
+        raise ValueError(f"Invalid value for argument `points`: shape {points.shape}. Expected [B, P, 2 | 3].")
+    stroke_ids = tf.cast(tf.convert_to_tensor(stroke_ids), tf.int32)
+    num_points = tf.cast(tf.convert_to_tensor(num_points), tf.int32)
+    eager = tf.executing_eagerly()
+    images = (_rasterize_graph if eager else _rasterize)(
+        points, stroke_ids, num_points, int(image_size), float(line_width), float(padding), int(frame),
+        bool(time_channels), normalize, EAGER_CHUNK if eager else CHUNK)
+    if dtype == tf.uint8:
+        return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
+    return tf.cast(images, dtype)
+
+
+def rasterize_drawings(drawings: Sequence[Sequence], max_points: int = MAX_POINTS, **options) -> np.ndarray:
+    """Numpy strokes (Drawing.strokes of each drawing) to a [N, H, W, C] uint8 array, eagerly (tests, tools)."""
+    batch = pad_drawings(drawings, max_points)
+    return rasterize_batch(batch.points, batch.stroke_ids, batch.num_points, **options).numpy()
