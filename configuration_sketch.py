@@ -152,7 +152,9 @@ class EvalConfig:
     grid: str = field("", "lookup: PNG grid of the query and its results; empty: <index>/lookups/<query stem>_lookup.png.")
     images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
     data_path: str = field("", "index: a data set folder (TFRecords and dataset_info.json) whose --split "
-                               "records are embedded and indexed with thumbnails.")
+                               "records are embedded and indexed with thumbnails; evaluate --plots: the data "
+                               "set whose records give the example grid's drawings by id when the feature "
+                               "files hold none.")
     split: str = field("train", "index --data_path: the split to index.")
     out: str = field("", "index: output folder; empty: beside the export (<run>/index for <run>/export, else "
                          "<model>_index).")

@@ -110,14 +110,22 @@ def run_evaluate(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
         pathlib.Path(config.report).write_text(json.dumps(report, indent=2))
         print(f"report: {config.report}")
     if config.plots:
+        from retrieval.lookup import dataset_thumbnails
         from retrieval.plots import missing_images_note, write_report_plots
+
+        fetched = {}
+
+        def fetch_images(ids):
+            fetched.update(dataset_thumbnails(config.data_path, ids, config.thumbnail_size or 64))
+            return fetched
 
         written = write_report_plots(report, queries, gallery, config.plots, metric=config.metric,
                                      max_points=config.tsne_points, examples=config.examples,
-                                     seed=config.plot_seed)
+                                     seed=config.plot_seed, fetch_images=fetch_images if config.data_path else None)
         print("plots: " + ", ".join(written))
-        if missing_images_note(queries, gallery):
-            print(f"examples.png: {missing_images_note(queries, gallery)}")
+        note = missing_images_note(queries, gallery, fetched=bool(fetched))
+        if note:
+            print(f"examples.png: {note}")
     return 0
 
 

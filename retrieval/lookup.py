@@ -210,6 +210,32 @@ def drawing_thumbnail(pixels: np.ndarray, size: int, invert: bool) -> np.ndarray
     return np.asarray(image)
 
 
+def dataset_thumbnails(data_path, wanted, size: int = 64) -> dict[str, np.ndarray]:
+    """{id: (s, s, 3) uint8 thumbnail, dark on white} of the records of a data set folder whose id is in
+    `wanted`, from their stored pixels (every split, stopping once all are found): the drawings of
+    feature files that keep ids but no images. QueryError when the folder is no data set."""
+    from data_prep import tfrecords
+    from serving import batch_inputs
+    from serving.export import training_polarity
+
+    if not (pathlib.Path(data_path) / tfrecords.INFO_FILE).is_file():
+        raise QueryError(f"{os.fspath(data_path)!r} is not a data set folder (no {tfrecords.INFO_FILE}).")
+    info = tfrecords.read_dataset_info(data_path)
+    image = info.get("image") or {}
+    settings = batch_inputs.ReadSettings(int(image.get("height", 0)), int(image.get("channels", 1)), {})
+    wanted, found = set(map(str, wanted)), {}
+    for source in batch_inputs.discover(os.fspath(data_path), "all"):
+        for item in batch_inputs.read_source(source, settings):
+            if not isinstance(item, batch_inputs.Skip) and item.id in wanted:
+                found[item.id] = item.data
+        if len(found) == len(wanted):
+            break
+    if not found:
+        return {}
+    invert = training_polarity(np.stack(list(found.values()))) == "white_on_black"
+    return {key: drawing_thumbnail(pixels, size, invert) for key, pixels in found.items()}
+
+
 def index_dataset(model, data_path, split: str, *, metric: str, polarity: str = "auto", approximate: str = "none",
                   thumbnail_size: int = 64, batch_size: int = 256, model_dir: str = "", progress=None,
                   **index_args) -> GalleryIndex:

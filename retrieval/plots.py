@@ -180,22 +180,26 @@ def plot_result_grid(rows: list[dict], out_path, *, title: str = "") -> str:
     return str(out_path)
 
 
-def missing_images_note(query_set, gallery_set=None) -> str | None:
+def missing_images_note(query_set, gallery_set=None, fetched: bool = False) -> str | None:
     """None when the example grid has drawings to show; else why its tiles hold only class and id
     (the feature files have no `images`: the trainer's features_<split>.npz, for one, stores none)."""
+    if fetched:
+        return None
     missing = [fs.path or "features" for fs in (query_set, gallery_set) if fs is not None and fs.images is None]
     if not missing:
         return None
     return (f"no drawings to show: {', '.join(map(str, missing))} "
-            f"{'has' if len(missing) == 1 else 'have'} no `images`; tiles give the class and id only")
+            f"{'has' if len(missing) == 1 else 'have'} no `images`; tiles give the class and id only "
+            "(--data_path DIR draws them from the data set's records)")
 
 
 def plot_example_queries(query_set, gallery_set, out_path, *, metric: str = "l2", examples: int = 8,
-                         k: int = 8, seed: int = 0) -> str:
+                         k: int = 8, seed: int = 0, fetch_images=None) -> str:
     """Example queries (one per class where possible, seeded) and their k nearest gallery items.
 
     `query_set`/`gallery_set` are FeatureSets (gallery_set None: leave-one-out on query_set);
-    tiles show the thumbnails in `images` when the file has them, else the class and id, and the
+    tiles show the thumbnails in `images` when the file has them, else those `fetch_images(ids) ->
+    {id: image}` finds by the items' ids (the data set's records), else the class and id, and the
     grid's title then says so (missing_images_note).
     """
     gallery = query_set if gallery_set is None else gallery_set
@@ -209,6 +213,14 @@ def plot_example_queries(query_set, gallery_set, out_path, *, metric: str = "l2"
     k = min(k, len(gallery) - (1 if gallery_set is None else 0))
     exclude = picks if gallery_set is None else None
     idx, dist = nearest(query_set.features[picks], gallery.features, k, metric, exclude)
+    shown = [(query_set, int(q)) for q in picks] + [(gallery, int(j)) for j in idx.ravel()]
+    wanted = [str(fs.ids[i]) for fs, i in shown if fs.images is None and fs.ids is not None]
+    found = fetch_images(sorted(set(wanted))) if wanted and fetch_images is not None else {}
+
+    def image(fs, i):
+        if fs.images is not None:
+            return fs.images[i]
+        return found.get(str(fs.ids[i])) if fs.ids is not None else None
 
     def name(fs, i):
         c = int(fs.labels[i])
@@ -217,19 +229,19 @@ def plot_example_queries(query_set, gallery_set, out_path, *, metric: str = "l2"
 
     rows = []
     for r, q in enumerate(picks):
-        results = [{"image": None if gallery.images is None else gallery.images[j],
-                    "caption": f"{name(gallery, j)}\nd={dist[r, c]:.3g}",
+        results = [{"image": image(gallery, j), "caption": f"{name(gallery, j)}\nd={dist[r, c]:.3g}",
                     "correct": bool(gallery.labels[j] == labels[q])} for c, j in enumerate(idx[r])]
-        rows.append({"query": {"image": None if query_set.images is None else query_set.images[q],
-                               "caption": "query\n" + name(query_set, q)}, "results": results})
-    note = missing_images_note(query_set, gallery_set)
+        rows.append({"query": {"image": image(query_set, q), "caption": "query\n" + name(query_set, q)},
+                     "results": results})
+    note = missing_images_note(query_set, gallery_set, fetched=bool(wanted) and len(found) == len(set(wanted)))
     title = f"nearest items ({metric}); green: same class" + (f"\n{note}" if note else "")
     return plot_result_grid(rows, out_path, title=title)
 
 
 def write_report_plots(report: dict, query_set, gallery_set, out_dir, *, metric: str = "l2",
-                       max_points: int = 2000, examples: int = 8, seed: int = 0) -> list[str]:
-    """t-SNE and PCA scatters, the precision-recall curve and the example grid into `out_dir`."""
+                       max_points: int = 2000, examples: int = 8, seed: int = 0, fetch_images=None) -> list[str]:
+    """t-SNE and PCA scatters, the precision-recall curve and the example grid into `out_dir`
+    (`fetch_images`: see plot_example_queries)."""
     os.makedirs(out_dir, exist_ok=True)
     feats = query_set.features
     labels = query_set.labels
@@ -241,6 +253,6 @@ def write_report_plots(report: dict, query_set, gallery_set, out_dir, *, metric:
                        max_points=max_points, seed=seed),
         plot_pr_curve(report, os.path.join(out_dir, "precision_recall.png")),
         plot_example_queries(query_set, gallery_set, os.path.join(out_dir, "examples.png"), metric=metric,
-                             examples=examples, seed=seed),
+                             examples=examples, seed=seed, fetch_images=fetch_images),
     ]
     return written

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from retrieval import plots
+from retrieval import lookup, plots
 from retrieval.features import load_features
 from serving.export import export_model
 from serving.features import save_features
@@ -87,6 +87,56 @@ def test_examples_grid_draws_stored_images_or_says_there_are_none(quickdraw_dir,
     rows, title = grids.pop()
     assert all(t["image"] is None for row in rows for t in row["results"])
     assert f"no drawings to show: {tmp_path / 'without.npz'} has no `images`" in title
+
+
+def stored_records(data_dir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images N x H x W uint8, labels, key_ids) of a split, parsed here from the tf.train.Examples."""
+    import tensorflow as tf
+
+    info = orjson.loads((data_dir / "dataset_info.json").read_bytes())
+    images, labels, ids = [], [], []
+    for shard in info["splits"][split]["shards"]:
+        for record in tf.data.TFRecordDataset(str(data_dir / shard["file"])):
+            feature = tf.train.Example.FromString(record.numpy()).features.feature
+            size = info["image"]["height"]
+            images.append(np.frombuffer(feature["image"].bytes_list.value[0], np.uint8).reshape(size, size))
+            labels.append(feature["label"].int64_list.value[0])
+            ids.append(feature["key_id"].bytes_list.value[0].decode())
+    return np.stack(images), np.asarray(labels), ids
+
+
+def test_examples_grid_draws_records_of_the_data_set_for_features_without_images(quickdraw_28px, tmp_path,
+                                                                                  monkeypatch):
+    """Hardening item 15: the trainer's feature files keep ids but no images; --data_path draws the tiles
+    from the data set's records, dark strokes on white."""
+    images, labels, ids = stored_records(quickdraw_28px, "test")
+    features = images.reshape(len(images), -1).astype(np.float32)
+    save_features(tmp_path / "f.npz", features, labels, ids=ids)
+    grids = []
+    monkeypatch.setattr(plots, "plot_result_grid", lambda rows, out, title="": grids.append((rows, title)))
+    asked = []
+
+    def fetch(wanted):
+        asked.append(wanted)
+        return lookup.dataset_thumbnails(quickdraw_28px, wanted, 64)
+
+    plots.plot_example_queries(load_features(tmp_path / "f.npz"), None, tmp_path / "a.png", k=4, fetch_images=fetch)
+    rows, title = grids.pop()
+    assert len(asked) == 1 and "no drawings" not in title
+    by_id = {key: np.repeat(255 - image[..., None], 3, axis=2) for key, image in zip(ids, images)}
+    for row in rows:
+        tiles = [row["query"]] + row["results"]
+        assert len(tiles) == 5
+        for tile in tiles:  # the caption's lines: [query,] class, id[, distance]
+            (key,) = [line for line in tile["caption"].split("\n") if line in by_id]
+            assert np.array_equal(tile["image"], by_id[key])
+    assert lookup.dataset_thumbnails(quickdraw_28px, ["no such id"], 64) == {}
+
+    done = run("--features", tmp_path / "f.npz", "--plots", tmp_path / "plots", "--tsne_points", 50,
+               "--data_path", quickdraw_28px)
+    assert done.returncode == 0, done.stderr
+    assert "examples.png: no drawings" not in done.stdout and "plots/examples.png" in done.stdout
+    assert (tmp_path / "plots" / "examples.png").stat().st_size > 10_000
 
 
 def test_evaluate_prints_when_examples_have_no_drawings(quickdraw_dir, tmp_path):
