@@ -156,7 +156,7 @@ def test_each_fold_equals_an_independent_evaluation_of_its_held_out_records(cv_r
         # The fold's folder is a normal run folder: -mode evaluate there gives the same figures.
         evaluated = run_api(mode="evaluate", model_dir=str(folder))
         assert evaluated["top1_accuracy"] == pytest.approx(row["top1_accuracy"])
-        assert evaluated["num_examples"] == len(held)
+        assert evaluated["num_examples"] == len(held) and evaluated["split"] == f"train[fold {row['fold']} of 2]"
 
 
 class _InterruptAtStep2(keras.callbacks.Callback):

@@ -240,3 +240,12 @@ def split_filter(info: dict, cv: CvConfig, split: str, test_split: str) -> tuple
         return split, None
     held_out = split == test_split
     return SOURCE_SPLIT, record_filter(info, cv.folds, cv.fold_seed, cv.fold - 1, held_out)
+
+
+def split_label(info: dict, split: str, test_split: str) -> str:
+    """How reports name `split`: itself, or in a fold run 'train[fold 2 of 5]' (held out) or
+    'train[not fold 2 of 5]' (trained on)."""
+    fold = info.get("fold")
+    if not fold:
+        return split
+    return f"{fold['of_split']}[{'' if split == test_split else 'not '}fold {fold['fold']} of {fold['folds']}]"

@@ -106,7 +106,8 @@ class ClassificationTask(Task):
         return result
 
     def evaluate(self, run: Run, model: keras.Model) -> dict:
-        result = {"split": self.test_split, **self._evaluate_split(run, model, self.test_split)}
+        result = {"split": folds.split_label(run.info, self.test_split, self.test_split),
+                  **self._evaluate_split(run, model, self.test_split)}
         if run.train.evaluate_train:
             result[self.train_split] = self._evaluate_split(run, model, self.train_split)
         return result
