@@ -145,7 +145,7 @@ def test_each_fold_equals_an_independent_evaluation_of_its_held_out_records(cv_r
         images = np.stack([image for _, image in held]).astype(np.float32)
         run, task = trainer.prepare_run(*trainer.resolve("", {"mode": "evaluate", "model_dir": str(folder)}))
         model, _ = trainer.load_weights_for(run, task)
-        logits = np.asarray(model([images], training=False))
+        logits = np.asarray(model(images, training=False))
         ranks = np.argsort(-logits, axis=1)
         assert row["top1_accuracy"] == pytest.approx(np.mean(ranks[:, 0] == labels), abs=1e-9)
         assert row["top5_accuracy"] == pytest.approx(np.mean((ranks[:, :5] == labels[:, None]).any(1)), abs=1e-9)
@@ -217,3 +217,13 @@ def test_a_data_set_without_ids_is_a_one_line_error_with_exit_status_2(quickdraw
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "needs an id in every record" in done.stderr
     assert not (tmp_path / "cv").exists()
+
+
+def test_a_fold_run_keeps_its_fold(cv_run, quickdraw_28px):
+    """Resuming a fold's folder as a plain run, or evaluating it on another fold, would mix folds: refused."""
+    folder = str(cv_run / "fold_1of2")
+    with pytest.raises(trainer.ToolError, match=r"-fold 0 \(the run has 1\)"):
+        trainer.prepare_run(*trainer.resolve("smoke", {"mode": "train", "data_path": str(quickdraw_28px),
+                                                        "model_dir": folder}))
+    with pytest.raises(trainer.ToolError, match=r"-fold 2 \(the run has 1\)"):
+        trainer.prepare_run(*trainer.resolve("", {"mode": "evaluate", "model_dir": folder, "fold": 2}))

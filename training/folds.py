@@ -165,8 +165,8 @@ class Assignment:
 
 
 def assign(records: Iterable[tuple[Any, int]], folds: int, seed: int) -> Assignment:
-    """Count (id, label) records by fold and by class; FoldError for a repeated id (it would be
-    held out by one fold only as long as its copies hash alike, but it means the ids do not identify)."""
+    """Count (id, label) records by fold and by class; FoldError for a repeated id: ids that do not
+    identify one drawing each cannot be trusted to keep a drawing out of its own fold's training."""
     per_fold = [0] * folds
     per_class: dict[int, list[int]] = collections.defaultdict(lambda: [0] * folds)
     seen: set[bytes] = set()
@@ -198,8 +198,8 @@ def check_data(assignment: Assignment, class_names: list[str], data_path: str) -
     smallest = min(counts, key=counts.get)
     if counts[smallest] < assignment.folds:
         raise FoldError(f"-folds {assignment.folds} is more than the {SOURCE_SPLIT!r} split of {data_path!r} allows: "
-                        f"class {class_names[smallest]!r} has {counts[smallest]} records; use at most "
-                        f"{max(counts[smallest], 1)} folds or a larger data set.")
+                        f"class {class_names[smallest]!r} has {counts[smallest]} records, fewer than the folds; use "
+                        "fewer folds or a larger data set.")
     empty = [k + 1 for k, n in enumerate(assignment.per_fold) if n == 0]
     if empty:
         raise FoldError(f"-folds {assignment.folds} -fold_seed {assignment.seed} leaves fold(s) {empty} of "
