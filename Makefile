@@ -44,6 +44,7 @@ serve: venv
 # Benchmarks (not tests): each prints a table and writes bench/results/<name>.json.
 bench: venv
 	$(PY) -m bench.raster
+	$(PY) -m bench.raster_tf
 	$(PY) -m bench.input_pipeline
 	$(PY) -m bench.sketchy
 	$(PY) -m bench.similarity

@@ -20,17 +20,24 @@ Drawing: per segment, pixel coverage = clip(half_width_px - distance + 0.5, 0, 1
 segment (a round-capped capsule; a lone point is a zero-length segment, a round dot). A stroke
 is the union (maximum) of its segments; strokes are composited source-over, 1 - prod(1 - c).
 Segments are visited in order in a `tf.while_loop` over chunks of CHUNK segments, unrolled
-inside a chunk, so the state is a handful of [B, H, W] float32 images whatever the number of
-points: memory is about (7 + C) * B * H * W * 4 bytes beyond the inputs (64 drawings at 128 px:
-about 40 MB with time channels), and the loop stops at the batch's longest drawing, so padding
-costs nothing. Work is B * H * W * points: fine on an accelerator, slower than skia on a CPU at
-64 px and above (see BENCHMARKS.md).
+inside a chunk (XLA fuses a chunk into one pass over the pixels), so the state is four [B, H, W]
+float32 images whatever the number of points: memory is about (8 + 2 C) * B * H * W * 4 bytes
+beyond the inputs, O(B * H * W), not O(B * H * W * segments). Measured: 64 drawings of 1,000
+points at 128 px with time channels (state 17 MB) raised the peak RSS by 54 MB under XLA
+(compilation included) and by 76 MB in a graph without XLA. The loop stops at the batch's longest
+drawing, so padding costs nothing. Work is B * H * W * points (no culling): on 2 CPU cores XLA
+draws 0.86x skia's rate at 28 px, 0.54x at 64, 0.08x at 128 (1.5x, 0.84x, 0.16x with time
+channels; BENCHMARKS.md); it is meant for the accelerator and the graph.
 
 Bad input never raises inside the graph: num_points is clipped to 0..P; points with a non-finite
 coordinate (or t) are dropped, as if absent (`non_finite_points` counts them); a drawing left
-with no points is a black image; device coordinates are clamped to +-CLAMP_PX so that absurd
-values cannot overflow. The padding helpers keep the first `max_points` (MAX_POINTS) points of a
-drawing and return how many they cut.
+with no points is a black image; coordinates are clamped to +-1e18 and device coordinates to
++-CLAMP_PX so that absurd values cannot overflow (they draw something, never nan). The padding
+helpers keep the first `max_points` (MAX_POINTS) points of a drawing and return how many they cut.
+
+Public: `rasterize_batch` (uint8, or float32 on 0..255 with dtype=tf.float32; called eagerly it
+runs as one cached graph), `rasterize_drawings` (numpy in, numpy out), `pad_drawings`,
+`pad_records`, `StrokeBatch`, `non_finite_points`.
 """
 
 from __future__ import annotations
@@ -41,8 +48,14 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from data_prep.raster import (FIT_TOLERANCE, NORMALIZE_MODES, ORDER_STEP, ORDER_STEPS, TIME_SPAN, TIME_START,
-                              _check_options)
+from data_prep.raster import (
+    FIT_TOLERANCE,
+    ORDER_STEP,
+    ORDER_STEPS,
+    TIME_SPAN,
+    TIME_START,
+    _check_options,
+)
 
 MAX_POINTS = 2048  # points kept per drawing by the padding helpers (largest real raw drawing: ~1,200)
 CHUNK = 8  # segments per while_loop iteration, unrolled (one fused pixel loop under XLA)
@@ -182,6 +195,11 @@ def _point_times(points: tf.Tensor, valid: tf.Tensor, count: tf.Tensor) -> tf.Te
                     by_index)
 
 
+def _flag(mask: tf.Tensor) -> tf.Tensor:
+    """A boolean mask as 0.0 / 1.0, to multiply coverages by."""
+    return tf.cast(mask, tf.float32)
+
+
 def _segments(points: tf.Tensor, stroke_ids: tf.Tensor, valid: tf.Tensor, xy: tf.Tensor) -> tf.Tensor:
     """[B, P, 10] per point: its segment (a, b - a, 1 / |b - a|^2), whether it draws in the strokes
     image, whether it ends its stroke, its stroke's order value, whether and in which grey it draws
@@ -198,9 +216,8 @@ def _segments(points: tf.Tensor, stroke_ids: tf.Tensor, valid: tf.Tensor, xy: tf
     tau = _point_times(points, valid, tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
     tau_b = tf.where(same_next, tf.concat([tau[:, 1:], tau[:, -1:]], axis=1), tau)
     grey = tf.round(TIME_START - TIME_SPAN * (tau + tau_b) / 2) / 255
-    flag = lambda m: tf.cast(m, tf.float32)  # noqa: E731
     return tf.stack([xy[..., 0], xy[..., 1], d[..., 0], d[..., 1], tf.math.divide_no_nan(1.0, length2),
-                     flag(valid), flag(valid & ~same_next), order, flag(valid & (same_next | ~same_prev)), grey],
+                     _flag(valid), _flag(valid & ~same_next), order, _flag(valid & (same_next | ~same_prev)), grey],
                     axis=-1)
 
 
@@ -240,7 +257,8 @@ def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: fl
                 time = time + c * (grey - time)
         return (i + 1,) + tuple(tf.ensure_shape(x, blank.shape) for x in (stroke, ink, order, time))
 
-    _, _, ink, order, time = tf.while_loop(lambda i, *_: i < chunks, body, (0, blank, blank, blank, blank))
+    _, _, ink, order, time = tf.while_loop(lambda i, *_: i < chunks, body, (0, blank, blank, blank, blank),
+                                         parallel_iterations=1)
     return tf.stack([ink, order, time] if time_channels else [ink], axis=-1)
 
 

@@ -38,7 +38,7 @@ def raw(quickdraw_dir) -> list[list[np.ndarray]]:
     return drawings
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(image_size: int, time_channels: bool, normalize: str = "auto"):
     return tf.function(functools.partial(raster_tf.rasterize_batch, image_size=image_size,
                                          time_channels=time_channels, normalize=normalize), jit_compile=True)
@@ -53,40 +53,40 @@ def _mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-@functools.lru_cache(maxsize=None)
-def _fidelity(kind: str, size: int) -> tuple[np.ndarray, list[float], float]:
-    """(XLA images, mean abs difference from skia per channel, ink ratio) of a fixture, computed once."""
-    drawings = _FIXTURES[kind]
-    ours = _tf_images(drawings, size)
-    plain = raster.rasterize_many(drawings, size)
-    timed = raster.rasterize_many(drawings, size, time_channels=True)
-    assert ours.shape == (len(drawings), size, size, 3) and ours.dtype == np.uint8
-    mads = [_mad(ours[..., 0], plain), _mad(ours[..., 1], timed[..., 1]), _mad(ours[..., 2], timed[..., 2])]
-    return ours, mads, float(ours[..., 0].astype(np.float64).sum() / plain.sum())
+@pytest.fixture(scope="module")
+def fidelity(simplified, raw):
+    """(kind, size) -> (XLA images, mean abs difference from skia per channel, ink ratio), each computed once."""
+    fixtures = {"simplified": simplified, "raw": raw}
 
+    @functools.cache
+    def measure(kind: str, size: int) -> tuple[np.ndarray, list[float], float]:
+        drawings = fixtures[kind]
+        ours = _tf_images(drawings, size)
+        plain = raster.rasterize_many(drawings, size)
+        timed = raster.rasterize_many(drawings, size, time_channels=True)
+        assert ours.shape == (len(drawings), size, size, 3) and ours.dtype == np.uint8
+        mads = [_mad(ours[..., 0], plain), _mad(ours[..., 1], timed[..., 1]), _mad(ours[..., 2], timed[..., 2])]
+        return ours, mads, float(ours[..., 0].astype(np.float64).sum() / plain.sum())
 
-_FIXTURES: dict[str, list] = {}
+    return measure
 
 
 @pytest.mark.parametrize("size", [28, 64, 128])
-def test_simplified_matches_skia(simplified, size):
-    _FIXTURES["simplified"] = simplified
-    _, mads, ink = _fidelity("simplified", size)
+def test_simplified_matches_skia(fidelity, size):
+    _, mads, ink = fidelity("simplified", size)
     assert max(mads) <= MAX_MAD[size], f"mean abs difference from skia at {size} px (ink, order, time): {mads}"
     assert abs(ink - 1) < 0.02
 
 
-def test_raw_matches_skia(raw):
+def test_raw_matches_skia(fidelity):
     """Raw screen coordinates are fitted (normalize="auto") and t drives the time channel, as in skia."""
-    _FIXTURES["raw"] = raw
-    _, mads, ink = _fidelity("raw", 28)
+    _, mads, ink = fidelity("raw", 28)
     assert max(mads) <= MAX_MAD[28], f"mean abs difference from skia at 28 px (ink, order, time): {mads}"
     assert abs(ink - 1) < 0.02
 
 
-def test_plain_equals_channel_0_and_xla_equals_eager(raw):
-    _FIXTURES["raw"] = raw
-    jit = _fidelity("raw", 28)[0][:24]
+def test_plain_equals_channel_0_and_xla_equals_eager(fidelity, raw):
+    jit = fidelity("raw", 28)[0][:24]
     batch = raster_tf.pad_drawings(raw[:24])
     eager = raster_tf.rasterize_batch(batch.points, batch.stroke_ids, batch.num_points, 28, time_channels=True)
     np.testing.assert_array_equal(jit, eager.numpy())
