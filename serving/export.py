@@ -16,12 +16,16 @@ signatures of the same names (TF Serving, signature runners: polarity 'auto'):
     embed_images, embed_images_float, embed_encoded, embed_png    embedding [N, D] (+ codes uint8
                                                                    [N, ceil(D / 8)] for hash models)
     preprocess_images, preprocess_images_float, preprocess_encoded   model_input [N, S, S, C]
+    classify_strokes, embed_strokes, preprocess_strokes(strokes float32 [N, P, 4])   as above
 
 `serving_default` is classify_images for classifiers, embed_images otherwise. H and W are any
 size (resized in the graph by serving.preprocess); C must be the model's; N may be 0. T = min(5, K).
 Each endpoint is a head (classify, embed, preprocess) over an input kind (`build_servable`'s
-`inputs`): strokes (`*_strokes`, drawn by the TensorFlow rasterizer of the strokes issue) are
-one more input kind there, with no change to the heads.
+`inputs`). The strokes kind exists for models trained on drawings rendered from strokes (the
+export records their `raster` settings): rows (x, y, t, stroke index) as serving.strokes.pack_strokes
+packs them, padding rows (stroke index -1) after each drawing's points, drawn in the graph by
+data_prep.raster_tf with the training data's geometry, so that a service needs TensorFlow alone. A
+non-finite coordinate or a drawing without points is refused (InvalidArgumentError), not drawn.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ META_FILE = "model_meta.json"
 FORMAT_VERSION = 2
 TOP = 5
 FLOAT_RANGE_MESSAGE = "images_float must hold floats in [0, 1] (uint8 pixels go to the *_images endpoint)"
+STROKES_MESSAGE = ("strokes must give every drawing at least one point (rows with stroke index >= 0, padding rows "
+                   "after them) and finite x, y, t")
 
 
 class ExportError(ValueError):
@@ -102,10 +108,14 @@ def _check_args(model, kind, image_size, channels, polarity, class_names, featur
 
 
 def build_servable(model, *, kind: str, class_names, image_size: int, channels: int, polarity: str,
-                   features_layer: str = "features", outputs_are_logits: bool | None = None):
-    """A tf.Module with the contract's functions (see the module docstring) around `model`."""
+                   features_layer: str = "features", outputs_are_logits: bool | None = None,
+                   raster: dict | None = None):
+    """A tf.Module with the contract's functions (see the module docstring) around `model`; the
+    strokes endpoints when `raster` (the training data's raster settings) is given."""
     import keras
     import tensorflow as tf
+
+    from serving import strokes as serving_strokes
 
     _check_args(model, kind, image_size, channels, polarity, class_names, features_layer)
     if kind == "classifier":
@@ -153,12 +163,26 @@ def build_servable(model, *, kind: str, class_names, image_size: int, channels: 
     def from_encoded(encoded, policy):
         return preprocess.decode_encoded(encoded, image_size, channels, trained=polarity, policy=policy)
 
+    def from_strokes(strokes, policy):
+        valid = strokes[..., 3] >= 0
+        finite = tf.reduce_all(tf.math.is_finite(strokes[..., :3]), axis=-1)
+        usable = tf.logical_and(tf.reduce_all(tf.logical_or(finite, tf.logical_not(valid))),
+                                tf.reduce_all(tf.reduce_any(valid, axis=1)))
+        check = tf.debugging.Assert(usable, [STROKES_MESSAGE])
+        with tf.control_dependencies([check]):
+            pixels = serving_strokes.strokes_to_pixels(tf.identity(strokes), options, channels)
+        return from_pixels(pixels, policy)
+
     specs = {
         "images": tf.TensorSpec([None, None, None, channels], tf.uint8, name="images"),
         "images_float": tf.TensorSpec([None, None, None, channels], tf.float32, name="images"),
         "encoded": tf.TensorSpec([None], tf.string, name="encoded"),
     }
     inputs = {"images": from_pixels, "images_float": from_floats, "encoded": from_encoded}
+    if raster is not None:
+        options = serving_strokes.raster_options({"raster": raster, "image_size": image_size})
+        specs["strokes"] = tf.TensorSpec([None, None, 4], tf.float32, name="strokes")
+        inputs["strokes"] = from_strokes
     heads = {"embed": lambda x: {k: v for k, v in outputs(x).items() if k in ("embedding", "codes")}
              if kind == "classifier" else outputs(x),
              "preprocess": lambda x: {"model_input": x}}
@@ -198,6 +222,9 @@ def _endpoint(head_fn, input_fn, spec):
     if spec.name == "encoded":
         def endpoint(encoded, polarity="auto"):
             return run(encoded, polarity)
+    elif spec.name == "strokes":
+        def endpoint(strokes, polarity="auto"):
+            return run(strokes, polarity)
     else:
         def endpoint(images, polarity="auto"):
             return run(images, polarity)
@@ -208,7 +235,7 @@ def _check_spec(data, spec) -> None:
     """At trace time, refuse another dtype, rank or channel count than the endpoint's `spec` (in
     process, a tf.function without input_signature would otherwise trace a graph for it)."""
     if data.dtype != spec.dtype or not spec.shape.is_compatible_with(data.shape):
-        dims = ["N", "H", "W", str(spec.shape[-1])] if spec.shape.rank == 4 else ["N"]
+        dims = {4: ["N", "H", "W", str(spec.shape[-1])], 3: ["N", "P", "4"]}.get(spec.shape.rank, ["N"])
         raise TypeError(f"{spec.name} must be {spec.dtype.name} [{', '.join(dims)}]; received "
                         f"{data.dtype.name} of shape {data.shape}.")
 
@@ -224,11 +251,15 @@ def _auto(function):
 
 
 def describe_endpoints(kind: str, image_size: int, channels: int, num_classes: int | None,
-                       embedding_dim: int) -> dict:
+                       embedding_dim: int, strokes: bool = False) -> dict:
     """What model_meta.json says of each endpoint: inputs and outputs with dtypes and shapes."""
     ins = {"images": f"images uint8 [N, H, W, {channels}] (any H, W)",
            "images_float": f"images float32 [N, H, W, {channels}] in [0, 1] (any H, W)",
            "encoded": "encoded string [N]: PNG, JPEG, GIF or BMP bytes"}
+    if strokes:
+        ins["strokes"] = ("strokes float32 [N, P, 4]: rows (x, y, t, stroke index) in drawing order, padding rows "
+                          "(stroke index -1) after each drawing's points; t 0 when unknown "
+                          "(serving.strokes.pack_strokes)")
     outs = {"embed": {"embedding": f"float32 [N, {embedding_dim}]"},
             "preprocess": {"model_input": f"float32 [N, {image_size}, {image_size}, {channels}] in [0, 1]"}}
     if kind == "hash":
@@ -260,7 +291,7 @@ def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | N
 
     servable, signatures, info = build_servable(
         model, kind=kind, class_names=class_names, image_size=image_size, channels=channels, polarity=polarity,
-        features_layer=features_layer, outputs_are_logits=outputs_are_logits)
+        features_layer=features_layer, outputs_are_logits=outputs_are_logits, raster=raster)
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(servable, str(export_dir / SAVED_MODEL), signatures=signatures)
@@ -287,7 +318,7 @@ def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | N
         "outputs_are_logits": info["outputs_are_logits"],
         "serving_default": default,
         "endpoints": describe_endpoints(kind, image_size, channels, None if class_names is None else len(class_names),
-                                        info["embedding_dim"]),
+                                        info["embedding_dim"], strokes=raster is not None),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }

@@ -30,7 +30,7 @@ from serving.export import SAVED_MODEL, ExportError, build_servable, export_mode
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASSIFY = ("probabilities", "top_classes", "top_probabilities", "embedding")
-INPUT_KINDS = ("images", "images_float", "encoded")
+INPUT_KINDS = ("images", "images_float", "encoded", "strokes")  # strokes: the model has raster settings
 
 
 def png(array: np.ndarray) -> bytes:
@@ -207,6 +207,8 @@ def test_embedding_model_contract(real_pixels):
 
 
 def empty_input(name: str, channels: int):
+    if name.endswith("strokes"):
+        return tf.zeros([0, 3, 4], tf.float32)
     if name.endswith(("encoded", "png")):
         return tf.constant([], tf.string)
     return tf.zeros([0, 40, 40, channels], tf.float32 if name.endswith("float") else tf.uint8)
@@ -219,7 +221,7 @@ def test_empty_batch_gives_empty_outputs_on_every_endpoint(classifier, hash_mode
     shapes = {"probabilities": (0, 6), "top_classes": (0, 5), "top_probabilities": (0, 5), "embedding": (0, 64),
               "model_input": (0, 28, 28, 1)}
     names = read_meta(trained.export_dir)["endpoints"]
-    assert len(names) == 11
+    assert len(names) == 14
     for name in names:
         outputs = getattr(loaded, name)(empty_input(name, 1))
         assert {k: tuple(v.shape) for k, v in outputs.items()} == {k: shapes[k] for k in outputs}, name
