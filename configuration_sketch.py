@@ -66,6 +66,10 @@ class QuickDrawBuildConfig:
     strict: bool = field(False, "Stop at the first bad record instead of counting a skip.")
     allow_empty_classes: bool = field(
         False, "Build even when a class has 0 examples in a split it should have (listed in shortfalls).")
+    store: str = field(
+        "both", "What each record keeps: both (the rendered image and the strokes) or strokes (no image bytes: "
+        "smaller; the training pipeline renders the strokes on the fly at any -image_size).",
+        choices=("both", "strokes"))
 
 
 @dataclasses.dataclass(frozen=True)

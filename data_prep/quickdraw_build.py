@@ -3,8 +3,11 @@
 One unit of work is one category file: its drawings are read in file order, each is given to
 train or test by a hash of (seed, key_id) so the split is deterministic per drawing and
 disjoint by key_id, and each split takes drawings until its per-class quota is full.
-Sketch-rnn files keep their own train/valid/test split. Every record keeps the image, the
-label, the key_id and the source strokes, so a data set can be re-rendered without the sources.
+Sketch-rnn files keep their own train/valid/test split. Every record keeps the label, the key_id
+and the source strokes, so a data set can be re-rendered without the sources; with `--store both`
+(the default) it also keeps the rendered image, with `--store strokes` it does not (the pipeline
+renders on the fly, data_prep.pipeline). Either way each drawing is rendered once, so both stores
+keep the same drawings, and the summary's `storage` compares the two on-disk sizes record by record.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from data_prep import builder, quickdraw, raster, shortfalls, tfrecords
 from data_prep.categories import NAME_RULE, is_safe_name, parse_list
 from data_prep.drawing import Drawing
 from data_prep.skips import BadRecord, SkipCounter
+
+TFRECORD_FRAMING = 16  # bytes around each record in a TFRecord file: length, its CRC, the data's CRC
 
 SPLITS_BY_FORMAT = {
     "simplified": ["train", "test"],
@@ -68,10 +73,10 @@ def select_categories(available: list[str], spec: str, seed: int) -> list[str]:
     return names
 
 
-def feature_specs(image_size: int, channels: int) -> dict[str, tfrecords.FeatureSpec]:
-    """What each Quick, Draw! record stores."""
+def feature_specs(image_size: int, channels: int, store: str = "both") -> dict[str, tfrecords.FeatureSpec]:
+    """What each Quick, Draw! record stores: every feature, less `image` when store is 'strokes'."""
     F = tfrecords.FeatureSpec
-    return {
+    specs = {
         "image": F("bytes", "uint8", (image_size, image_size, channels), "raw",
                    "Rendered drawing, white on black, C-order (height, width, channels)."),
         "label": F("int64", "int64", (), "none", "Index into `classes`."),
@@ -84,6 +89,19 @@ def feature_specs(image_size: int, channels: int) -> dict[str, tfrecords.Feature
         "strokes/lengths": F("int64", "int64", (-1,), "none", "Points in each stroke."),
         "strokes/dims": F("int64", "int64", (), "none", "2 for x, y; 3 for x, y, t (raw data)."),
     }
+    if store == "strokes":
+        del specs["image"]
+    return specs
+
+
+def storage_summary(results: list[dict]) -> dict[str, Any]:
+    """dataset_info's `storage`: on-disk bytes per record as stored, and as they would be with images."""
+    records = sum(r.get("record_bytes", {}).get("records", 0) for r in results)
+    stored = sum(r.get("record_bytes", {}).get("stored", 0) for r in results)
+    with_images = sum(r.get("record_bytes", {}).get("with_images", 0) for r in results)
+    return {"storage": {"records_measured": records,
+                        "bytes_per_record": round(stored / records, 1) if records else 0.0,
+                        "bytes_per_record_with_images": round(with_images / records, 1) if records else 0.0}}
 
 
 def render(drawing: Drawing, settings: RasterConfig) -> np.ndarray:
@@ -130,7 +148,9 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
         return skipped_entries_unit(unit, staging)
     settings = RasterConfig(**unit["raster"])
     channels = 3 if settings.time_channels else 1
-    specs = feature_specs(settings.image_size, channels)
+    specs = feature_specs(settings.image_size, channels, unit["store"])
+    full_specs = feature_specs(settings.image_size, channels)
+    sizes = {"records": 0, "stored": 0, "with_images": 0}
     skips = SkipCounter(strict=unit["strict"])
     quotas = dict(unit["quotas"])
     own_split = unit["format"] == "sketchrnn"
@@ -157,8 +177,13 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
         except (ValueError, BadRecord) as e:
             skips.skip("unrenderable", f"{path}:{drawing.key_id}", str(e))
             continue
-        records[split].append(tfrecords.serialize_example(_record_values(drawing, image, unit["label"]),
-                                                          specs))
+        values = _record_values(drawing, image, unit["label"])
+        record = tfrecords.serialize_example(values, specs)
+        full = record if specs is full_specs else tfrecords.serialize_example(values, full_specs)
+        sizes["records"] += 1
+        sizes["stored"] += len(record) + TFRECORD_FRAMING
+        sizes["with_images"] += len(full) + TFRECORD_FRAMING
+        records[split].append(record)
         ids[split].append(drawing.key_id)
     read += skips.total - skips.counts["unrenderable"] - skips.counts["duplicate_key"]  # the reader's skips
     for split, path_out in staging.items():
@@ -170,6 +195,7 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
         "skipped": skips.as_dict(),
         "skip_examples": dict(skips.examples),
         "over_quota": over_quota,
+        "record_bytes": sizes,
         "ids": ids,  # the builder leaves out a key_id another category's file already gave
         "sources": [{"category": unit["category"], "file": path.name,
                      "num_bytes": path.stat().st_size, "sha256": tfrecords.sha256_file(path)}],
@@ -180,6 +206,8 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
     """Build (or resume) the sharded data set that `config` describes; returns dataset_info."""
     if config.format == "bitmap" and settings.time_channels:
         raise ValueError("--time_channels needs strokes; the bitmap format has none.")
+    if config.format == "bitmap" and config.store == "strokes":
+        raise ValueError("--store strokes needs strokes; the bitmap format has none (use --store both).")
     for name in ("train_per_class", "test_per_class", "shards", "workers"):
         if getattr(config, name) < (1 if name in ("shards", "workers") else 0):
             raise ValueError(f"Invalid value for --{name}: {getattr(config, name)}.")
@@ -197,7 +225,7 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
     units = [{"category": c, "label": i, "path": str(files[c]), "format": config.format,
               "quotas": quotas, "test_fraction": config.test_fraction, "seed": config.seed,
               "recognized_only": config.recognized_only,
-              "strict": config.strict, "raster": raster_settings}
+              "strict": config.strict, "raster": raster_settings, "store": config.store}
              for i, c in enumerate(categories)]
     if source_skips.total:
         units.append({"skipped": source_skips.as_dict(), "skip_examples": dict(source_skips.examples)})
@@ -205,21 +233,27 @@ def build(config: QuickDrawBuildConfig, settings: RasterConfig, progress: bool =
                   if k not in ("workers", "out", "strict", "allow_empty_classes")}
     if not config.test_fraction:
         del build_args["test_fraction"]  # the default: builds made before the flag keep their fingerprint
+    if config.store == "both":
+        del build_args["store"]  # likewise
     build_args["source"] = str(pathlib.Path(config.source).resolve())
     build_args["raster"] = raster_settings
     channels = 3 if settings.time_channels else 1
+    stored = (f"rendered to {settings.image_size}x{settings.image_size}x{channels} uint8, white strokes on black"
+              if config.store == "both" else "strokes only (no images: render them on the fly with `raster`)")
     info = {
         "name": "quickdraw",
-        "description": f"Quick, Draw! ({config.format}) rendered to {settings.image_size}x{settings.image_size}"
-                       f"x{channels} uint8, white strokes on black.",
+        "description": f"Quick, Draw! ({config.format}) {stored}.",
         "classes": categories,
         "image": {"height": settings.image_size, "width": settings.image_size, "channels": channels},
-        "features": {name: spec.as_dict() for name, spec in feature_specs(settings.image_size, channels).items()},
+        "features": {name: spec.as_dict()
+                     for name, spec in feature_specs(settings.image_size, channels, config.store).items()},
         "raster": raster_settings,
+        "store": config.store,
         "source_format": config.format,
     }
     wanted = {c: dict(quotas) for c in categories}
     return builder.run_build(config.out, units=units, unit_fn=build_unit, splits=splits,
                              num_shards=config.shards, workers=config.workers, build_args=build_args,
                              info=info, progress=progress,
-                             summarize=shortfalls.summarizer(wanted, categories, splits, config.allow_empty_classes))
+                             summarize=shortfalls.summarizer(wanted, categories, splits, config.allow_empty_classes,
+                                                             extra=storage_summary))

@@ -16,7 +16,7 @@ import configuration_sketch as cs
 USAGE = """usage:
   python -m data_prep.quickdraw build --source DIR --format simplified|raw|bitmap|sketchrnn
       --categories N|name,name|@file.txt --train_per_class N --test_per_class N --image_size N --out DIR
-      [--shards N] [--workers N] [--seed N] [--recognized_only] [--strict]
+      [--shards N] [--workers N] [--seed N] [--recognized_only] [--strict] [--store both|strokes]
   python -m data_prep.quickdraw download --categories name,name|@file.txt --format FORMAT --dest DIR
       [--base_url URL]
   python -m data_prep.quickdraw build|download --help   (every flag of the command)"""
@@ -31,6 +31,16 @@ def download_names(spec: str) -> list[str]:
         raise ValueError("download needs category names: --categories name,name or @categories.txt "
                          "(the official list is categories.txt in Google's quickdraw-dataset repository).")
     return names
+
+
+def storage_note(info: dict) -> str:
+    """'; strokes only: 412 bytes a record on disk, 52% less than with images (862)' for --store strokes."""
+    storage = info.get("storage") or {}
+    stored, full = storage.get("bytes_per_record", 0), storage.get("bytes_per_record_with_images", 0)
+    if info.get("store") != "strokes" or not full:
+        return ""
+    return (f"; strokes only: {stored:.0f} bytes a record on disk, {100 * (1 - stored / full):.0f}% less than "
+            f"with {info['image']['height']} px images ({full:.0f})")
 
 
 def build(config: cs.QuickDrawBuildConfig, raster: cs.RasterConfig) -> int:
@@ -50,7 +60,7 @@ def build(config: cs.QuickDrawBuildConfig, raster: cs.RasterConfig) -> int:
     short = shortfalls.summary(info.get("shortfalls", []))
     print(f"built {splits} records of {len(info['classes'])} classes in {config.out}; "
           f"read {records['read']}, skipped {records['skipped']}" + (f" ({skipped})" if skipped else "")
-          + f", over quota {records['over_quota']}" + (f"; {short}" if short else ""))
+          + f", over quota {records['over_quota']}" + (f"; {short}" if short else "") + storage_note(info))
     return 0
 
 

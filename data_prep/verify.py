@@ -4,7 +4,9 @@ Checks, in order: the info file; that each shard's file lies inside the folder, 
 and sha256; that every record parses with the declared features (raw images of the declared byte
 length, encoded images that decode to the declared shape, labels within the classes, and the class
 `classes[label]` equal to the one the record itself names: `word`, or the `<class>/` prefix of an
-`item_id`); per-shard, per-split and per-class counts; and that no id (key_id, or the `id_feature`
+`item_id`); strokes that fit their lengths (`strokes/points` holds sum(`strokes/lengths`) x
+`strokes/dims` values, dims 2 or 3) in data sets that store strokes, with or without images
+(`--store strokes`); per-shard, per-split and per-class counts; and that no id (key_id, or the `id_feature`
 the info names) appears twice, within or across splits, so no test example leaks into training. Exits non-zero naming the first problem.
 """
 
@@ -66,6 +68,20 @@ def _named_classes(parsed: dict[str, Any], specs: dict[str, tfrecords.FeatureSpe
     return None
 
 
+def _check_strokes(parsed: dict[str, Any], name: str, first: int) -> None:
+    """Each record's strokes/points must hold sum(strokes/lengths) * strokes/dims values, dims 2 or 3."""
+    import tensorflow as tf
+
+    dims = parsed["strokes/dims"].numpy().reshape(-1)
+    points = tf.RaggedTensor.from_sparse(parsed["strokes/points"]).row_lengths().numpy()
+    lengths = tf.RaggedTensor.from_sparse(parsed["strokes/lengths"])
+    expected = tf.reduce_sum(lengths, axis=1).numpy() * dims
+    for i, (d, n, want) in enumerate(zip(dims, points, expected)):
+        if d not in (2, 3) or n != want:
+            raise VerificationError(f"{name}: record {first + i}: strokes/points holds {n} values, expected "
+                                    f"{want} (sum of strokes/lengths x strokes/dims {d}, dims 2 or 3)")
+
+
 def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], classes: list[str],
                 id_feature: str | None) -> tuple[int, collections.Counter, list[str]]:
     """Parse every record of a shard: returns (records, label counts, ids)."""
@@ -95,6 +111,8 @@ def _scan_shard(path: pathlib.Path, specs: dict[str, tfrecords.FeatureSpec], cla
                                                 f"{lengths[bad[0]]} bytes, expected {expected} for {spec.shape}")
                 else:
                     decode_images(parsed[name], spec)
+            if {"strokes/points", "strokes/lengths", "strokes/dims"} <= set(specs):
+                _check_strokes(parsed, path.name, count)
             if "label" in parsed:
                 values = parsed["label"].numpy().reshape(-1)
                 out_of_range = [v for v in values if not 0 <= v < num_classes]
