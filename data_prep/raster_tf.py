@@ -26,8 +26,8 @@ beyond the inputs, O(B * H * W), not O(B * H * W * segments). Measured: 64 drawi
 points at 128 px with time channels (state 17 MB) raised the peak RSS by 54 MB under XLA
 (compilation included) and by 76 MB in a graph without XLA. The loop stops at the batch's longest
 drawing, so padding costs nothing. Work is B * H * W * points (no culling): on 2 CPU cores XLA
-draws 0.86x skia's rate at 28 px, 0.54x at 64, 0.08x at 128 (1.5x, 0.84x, 0.16x with time
-channels; BENCHMARKS.md); it is meant for the accelerator and the graph.
+draws 0.7-0.9x skia's rate at 28 px, about 0.5x at 64 and 0.08x at 128 (1.5-1.8x, 0.85-0.9x and
+0.16-0.22x with time channels; BENCHMARKS.md); it is meant for the graph and the accelerator.
 
 Bad input never raises inside the graph: num_points is clipped to 0..P; points with a non-finite
 coordinate (or t) are dropped, as if absent (`non_finite_points` counts them); a drawing left
@@ -100,13 +100,20 @@ def pad_drawings(drawings: Sequence[Sequence], max_points: int = MAX_POINTS, dim
     return StrokeBatch(points, stroke_ids, kept.astype(np.int32), (counts - kept).astype(np.int32))
 
 
-def pad_records(points: tf.RaggedTensor, lengths: tf.RaggedTensor, dims: int,
+def _ragged(values: tf.RaggedTensor | tf.SparseTensor) -> tf.RaggedTensor:
+    """A [B, None] feature as ragged rows: `tf.io.parse_example` gives VarLenFeatures as SparseTensors."""
+    return tf.RaggedTensor.from_sparse(values) if isinstance(values, tf.SparseTensor) else values
+
+
+def pad_records(points: tf.RaggedTensor | tf.SparseTensor, lengths: tf.RaggedTensor | tf.SparseTensor, dims: int,
                 max_points: int = MAX_POINTS) -> StrokeBatch:
     """Parsed records' `strokes/points` [B, None] (flat, row-major) and `strokes/lengths` [B, None] as a StrokeBatch.
 
-    `dims` (2 or 3) is the data set's `strokes/dims`; P is max_points (fixed, so batches keep
-    one shape); points beyond it are cut and counted.
+    Ragged or sparse (as `tf.io.parse_example` returns them). `dims` (2 or 3) is the data set's
+    `strokes/dims`; P is max_points (fixed, so batches keep one shape); points beyond it are cut
+    and counted.
     """
+    points, lengths = _ragged(points), _ragged(lengths)
     points = tf.RaggedTensor.from_row_lengths(
         tf.reshape(tf.cast(points.flat_values, tf.float32), [-1, dims]), points.row_lengths() // dims)
     lengths = tf.cast(lengths, tf.int64)
@@ -262,6 +269,7 @@ def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: fl
     return tf.stack([ink, order, time] if time_channels else [ink], axis=-1)
 
 
+@tf.autograph.experimental.do_not_convert  # plain TensorFlow already: autograph would only re-read the source
 def _rasterize(points: tf.Tensor, stroke_ids: tf.Tensor, num_points: tf.Tensor, image_size: int, line_width: float,
                padding: float, frame: int, time_channels: bool, normalize: str, chunk: int) -> tf.Tensor:
     """[B, H, W, C] float32 on 0..255: compact, place, transform to pixels, draw."""
@@ -280,6 +288,7 @@ _rasterize_graph = tf.function(_rasterize, reduce_retracing=True)  # eager calle
 EAGER_CHUNK = 1  # for that graph: without XLA unrolling fuses nothing, and a small graph traces faster
 
 
+@tf.autograph.experimental.do_not_convert
 def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_width: float = 16.0,
                     padding: float = 16.0, frame: int = 256, time_channels: bool = False, normalize: str = "auto",
                     dtype: tf.DType = tf.uint8) -> tf.Tensor:
