@@ -271,8 +271,12 @@ def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: fl
 
 @tf.autograph.experimental.do_not_convert  # plain TensorFlow already: autograph would only re-read the source
 def _rasterize(points: tf.Tensor, stroke_ids: tf.Tensor, num_points: tf.Tensor, image_size: int, line_width: float,
-               padding: float, frame: int, time_channels: bool, normalize: str, chunk: int) -> tf.Tensor:
-    """[B, H, W, C] float32 on 0..255: compact, place, transform to pixels, draw."""
+               padding: float, frame: int, time_channels: bool, normalize: str, chunk: int, dims: int) -> tf.Tensor:
+    """[B, H, W, C] float32 on 0..255: compact, place, transform to pixels, draw.
+
+    `dims` is static so that a relaxed trace never loses whether the points carry t.
+    """
+    points = tf.ensure_shape(points, [None, None, dims])
     valid = _valid_points(points, num_points)
     points, stroke_ids, valid = _compact(tf.clip_by_value(points, -1e18, 1e18), stroke_ids, valid)
     xy, offset = _layout(points[..., :2], valid, frame, normalize)
@@ -307,7 +311,7 @@ def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_w
     eager = tf.executing_eagerly()
     images = (_rasterize_graph if eager else _rasterize)(
         points, stroke_ids, num_points, int(image_size), float(line_width), float(padding), int(frame),
-        bool(time_channels), normalize, EAGER_CHUNK if eager else CHUNK)
+        bool(time_channels), normalize, EAGER_CHUNK if eager else CHUNK, points.shape[-1])
     if dtype == tf.uint8:
         return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
     return tf.cast(images, dtype)

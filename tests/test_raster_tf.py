@@ -155,6 +155,30 @@ def test_pad_records_reads_parsed_examples(raw):
                                   raster_tf.rasterize_drawings(drawings, image_size=28))
 
 
+def test_tf_data_map_draws_the_same(raw):
+    """In a tf.data map (a graph without XLA, batch size unknown, a partial last batch): the eager images."""
+    drawings = raw[10:20]
+    flat = tf.ragged.constant([np.concatenate(d).reshape(-1).tolist() for d in drawings], tf.float32)
+    lengths = tf.ragged.constant([[len(s) for s in d] for d in drawings], tf.int64)
+
+    def render(points, stroke_lengths):
+        batch = raster_tf.pad_records(points, stroke_lengths, 3, max_points=1024)
+        return raster_tf.rasterize_batch(*batch[:3], 28, time_channels=True)
+
+    images = tf.data.Dataset.from_tensor_slices((flat, lengths)).batch(4).map(render)
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x in images]),
+                                  raster_tf.rasterize_drawings(drawings, 1024, image_size=28, time_channels=True))
+
+
+def test_eager_calls_keep_t_after_calls_without_it(simplified):
+    """Eager calls share relaxed graphs; one traced for x, y points must not make t ignored later."""
+    raster_tf.rasterize_drawings(simplified[:2], image_size=28, time_channels=True)
+    line = np.stack([np.linspace(0, 255, 9), np.zeros(9), [0, 1, 2, 3, 4, 5, 6, 7, 800]], axis=1)
+    timed = [line.astype(np.float32)]
+    ours = raster_tf.rasterize_drawings([timed], image_size=28, time_channels=True)[0]
+    assert _mad(ours[..., 2], raster.rasterize(timed, 28, time_channels=True)[..., 2]) < 1.0
+
+
 def test_lone_points_are_dots():
     dot = [np.array([[0.0, 0.0]], np.float32)]
     ours = raster_tf.rasterize_drawings([dot], image_size=64, time_channels=True)[0]
