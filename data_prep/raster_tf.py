@@ -135,7 +135,7 @@ def _valid_points(points: tf.Tensor, num_points: tf.Tensor) -> tf.Tensor:
 
 def non_finite_points(points: tf.Tensor, num_points: tf.Tensor) -> tf.Tensor:
     """[B] int32: the points of each drawing that `rasterize_batch` drops for a nan or inf coordinate."""
-    points = tf.convert_to_tensor(points, tf.float32)
+    points = tf.cast(tf.convert_to_tensor(points), tf.float32)
     width = tf.shape(points)[1]
     inside = tf.range(width)[None, :] < tf.clip_by_value(tf.cast(num_points, tf.int32), 0, width)[:, None]
     return tf.reduce_sum(tf.cast(inside & ~_valid_points(points, num_points), tf.int32), axis=1)
@@ -303,7 +303,7 @@ def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_w
     unrounded values on the same 0..255 scale. Called eagerly it runs as one (cached) graph.
     """
     _check_options(image_size, line_width, padding, frame, normalize)
-    points = tf.convert_to_tensor(points, tf.float32)
+    points = tf.cast(tf.convert_to_tensor(points), tf.float32)  # float64 or integer points too
     if points.shape.rank != 3 or points.shape[-1] not in (2, 3):
         raise ValueError(f"Invalid value for argument `points`: shape {points.shape}. Expected [B, P, 2 | 3].")
     stroke_ids = tf.cast(tf.convert_to_tensor(stroke_ids), tf.int32)

@@ -233,6 +233,13 @@ def test_absurd_coordinates_do_not_crash(simplified, normalize):
         assert images[0, ..., 0].any()
 
 
+def test_float64_and_integer_points_draw_the_same(simplified):
+    batch = raster_tf.pad_drawings(simplified[:2])
+    expected = raster_tf.rasterize_batch(*batch[:3], 28).numpy()
+    for points in (batch.points.astype(np.float64), batch.points.astype(np.int32), tf.constant(batch.points, tf.float64)):
+        np.testing.assert_array_equal(raster_tf.rasterize_batch(points, *batch[1:3], 28).numpy(), expected)
+
+
 def test_num_points_beyond_width_is_clipped(simplified):
     batch = raster_tf.pad_drawings(simplified[:1])
     out = raster_tf.rasterize_batch(batch.points, batch.stroke_ids, batch.num_points + 1000, 28)
