@@ -112,6 +112,24 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StrokeRnnConfig:
+    """-model stroke_rnn (models/stroke_rnn.py): (dx, dy, pen) sequences of a data set's strokes
+    (data_prep/stroke_sequences.py) through Conv1D and bidirectional LSTM layers. Defaults are the
+    TensorFlow Quick, Draw! tutorial's; the dropout rate is ModelConfig's -dropout (default 0.3)."""
+
+    max_points: int = field(256, "stroke_rnn: drawings longer than this many points are truncated to their first "
+                            "max_points points, in training, evaluation and the strokes endpoints (evaluate.json "
+                            "counts them).")
+    conv_filters: str = field("48,64,96", "stroke_rnn: filters of each Conv1D layer, comma-separated.")
+    conv_kernels: str = field("5,5,3", "stroke_rnn: kernel length of each Conv1D layer (one per filter count).")
+    conv_batch_norm: bool = field(False, "stroke_rnn: batch-norm (over real rows only) after each Conv1D layer.")
+    rnn_layers: int = field(3, "stroke_rnn: bidirectional LSTM layers.")
+    rnn_units: int = field(128, "stroke_rnn: units of each LSTM direction.")
+    features_dim: int = field(256, "stroke_rnn: width of the `features` layer (embeddings for -mode test, export "
+                              "and retrieval).")
+
+
+@dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Training-only augmentation (training/augment.py); rates suit line drawings on a 0 background.
 

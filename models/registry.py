@@ -6,7 +6,9 @@ returning a `keras.Model`. Register it with one line:
     @register("sknet")
     def build_sknet(input_size, channels, num_classes, *, bn_momentum=0.9): ...
 
-Builders register when their module is imported; `import models` imports them all.
+Builders register when their module is imported; `import models` imports them all. A builder
+registered with `inputs="strokes"` takes (dx, dy, pen) sequences instead of images
+(data_prep.stroke_sequences); `input_kind(name)` tells the training tasks which pipeline to read.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ if TYPE_CHECKING:
 Builder = Callable[..., keras.Model]
 
 _BUILDERS: dict[str, Builder] = {}
+_INPUTS: dict[str, str] = {}
+INPUT_KINDS = ("images", "strokes")
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering `builder` under `name`; a name already taken is an error."""
+def register(name: str, inputs: str = "images") -> Callable[[Builder], Builder]:
+    """Decorator registering `builder` under `name`, reading `inputs` (INPUT_KINDS); a name already
+    taken is an error."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"Invalid value for argument `name`. Received: {name!r}. Expected a non-empty string.")
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"Invalid value for argument `inputs`. Received: {inputs!r}. Expected one of {INPUT_KINDS}.")
 
     def decorator(builder: Builder) -> Builder:
         if name in _BUILDERS:
@@ -37,6 +44,7 @@ def register(name: str) -> Callable[[Builder], Builder]:
                 f"{_BUILDERS[name].__qualname__}); pick another name for {builder.__qualname__}."
             )
         _BUILDERS[name] = builder
+        _INPUTS[name] = inputs
         return builder
 
     return decorator
@@ -53,6 +61,12 @@ def get_builder(name: str) -> Builder:
         return _BUILDERS[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown model {name!r}. Valid: {', '.join(model_names())}.") from None
+
+
+def input_kind(name: str) -> str:
+    """What the model registered under `name` reads: 'images' or 'strokes' (ValueError if unknown)."""
+    get_builder(name)
+    return _INPUTS[name]
 
 
 def build_model(name: str, *, input_size: int, channels: int, num_classes: int, **kwargs: Any) -> keras.Model:

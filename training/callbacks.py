@@ -256,7 +256,7 @@ class StepSummaries(keras.callbacks.Callback):
             summary.scalar("step/learning_rate", current_learning_rate(self.model), step=step)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.images is not None and self.max_images > 0:
+        if self.images is not None and self.max_images > 0 and _holds_images(self.images):
             from training.tasks import first_images
 
             images = first_images(self.images, self.max_images)
@@ -274,6 +274,12 @@ class StepSummaries(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _holds_images(dataset) -> bool:
+    """Whether a dataset's inputs are images [B, H, W, C] (a sequence model's [B, T, 3] are not drawn)."""
+    inputs = dataset.element_spec[0]
+    return all(spec.shape.rank == 4 for spec in (inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
 
 
 def load_history(path: str | os.PathLike) -> list[dict]:

@@ -26,7 +26,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from configuration_sketch import AugmentConfig, CvConfig, EmbeddingConfig, ModelConfig, PipelineConfig, TrainConfig
+from configuration_sketch import (AugmentConfig, CvConfig, EmbeddingConfig, ModelConfig, PipelineConfig,
+                                  StrokeRnnConfig, TrainConfig)
 from data_prep import tfrecords, verify
 from data_prep.atomic_files import write_json_atomic
 from serving import tflite
@@ -52,6 +53,7 @@ SHAPING_FIELDS: dict[type, tuple[str, ...] | None] = {
     ModelConfig: None,
     EmbeddingConfig: ("embedding_dim", "backbone", "l2_normalize", "shared_weights", "bits"),
     CvConfig: ("folds", "fold", "fold_seed"),  # which records a fold run trains on and holds out
+    StrokeRnnConfig: ("conv_filters", "conv_kernels", "conv_batch_norm", "rnn_layers", "rnn_units", "features_dim"),
 }
 # Exit statuses of the CLI.
 EXIT_ERROR = 2

@@ -12,10 +12,14 @@
   trains on the other folds, and its "test split" (validation, evaluate, test) is the held-out fold.
 - export: serving.export.export_model, kind 'classifier' (classify and embed endpoints), with the
   polarity of the training images (white_on_black on Quick, Draw!) and -tflite's TensorFlow Lite file.
+- A model registered with inputs="strokes" (stroke_rnn) reads (dx, dy, pen) sequences of the records'
+  strokes (data_prep.stroke_sequences) instead of images, and exports strokes endpoints only
+  (serving.sequence_export); everything else above is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 
@@ -24,11 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from configuration_sketch import CvConfig
-from data_prep import tfrecords
+from configuration_sketch import CvConfig, StrokeRnnConfig
+from data_prep import stroke_sequences, tfrecords
 from data_prep.pipeline import load_split
 from retrieval import metrics as retrieval_metrics
-from serving import classification_metrics, export
+from serving import classification_metrics, export, sequence_export
 from serving.features import save_features
 from training import evaluation, folds, plots
 from training.augment import build_augmenter
@@ -40,11 +44,25 @@ RETRIEVAL_K = (1, 10, 100)
 
 class ClassificationTask(Task):
     name = "classification"
-    models = ("sknet", "skresnet", "sketch_a_net")
-    config_classes = (CvConfig,)
+    models = ("sknet", "skresnet", "sketch_a_net", "stroke_rnn")
+    config_classes = (CvConfig, StrokeRnnConfig)
     monitor = ("val_accuracy", "max")
 
+    def check(self, run: Run) -> None:
+        if not reads_strokes(run):
+            return
+        stroke_sequences.check_strokes(run.info, run.data_path)
+        if run.train.augment or getattr(run.augment, "stroke_augment", False):
+            raise ValueError(f"-augment and -stroke_augment transform the training images; -model {run.model.model} "
+                             "reads stroke sequences: leave them out.")
+        if run.config(StrokeRnnConfig).max_points < 1:
+            raise ValueError(f"Invalid value for -max_points: {run.config(StrokeRnnConfig).max_points}. "
+                             "Expected an integer >= 1.")
+
     def build_model(self, run: Run) -> keras.Model:
+        if reads_strokes(run):
+            return models.build_from_config(run.model, num_classes=len(run.class_names),
+                                            **sequence_model_kwargs(run.config(StrokeRnnConfig)))
         return models.build_from_config(run.model, num_classes=len(run.class_names))
 
     def compile_args(self, run: Run) -> dict:
@@ -58,6 +76,10 @@ class ClassificationTask(Task):
     def _split(self, run: Run, split: str, **kwargs) -> tf.data.Dataset:
         pipeline = run.pipeline
         stored, keep = folds.split_filter(run.info, run.config(CvConfig), split, self.test_split)
+        if reads_strokes(run):
+            return stroke_sequences.load_sequences(run.data_path, stored, pipeline.batch_size,
+                                                   run.config(StrokeRnnConfig).max_points,
+                                                   cycle_length=pipeline.cycle_length, record_filter=keep, **kwargs)
         return load_split(run.data_path, stored, pipeline.batch_size, image_size=run.model.image_size,
                           channels=run.model.channels, cycle_length=pipeline.cycle_length, record_filter=keep,
                           **kwargs)
@@ -108,6 +130,10 @@ class ClassificationTask(Task):
     def evaluate(self, run: Run, model: keras.Model) -> dict:
         result = {"split": folds.split_label(run.info, self.test_split, self.test_split),
                   **self._evaluate_split(run, model, self.test_split)}
+        if reads_strokes(run):
+            stored, _ = folds.split_filter(run.info, run.config(CvConfig), self.test_split, self.test_split)
+            result["points_cap"] = stroke_sequences.count_over_cap(run.data_path, stored,
+                                                                   run.config(StrokeRnnConfig).max_points)
         if run.train.evaluate_train:
             result[self.train_split] = self._evaluate_split(run, model, self.train_split)
         return result
@@ -137,8 +163,22 @@ class ClassificationTask(Task):
         return report
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
+        if reads_strokes(run):
+            return sequence_export.export_sequence_model(model, export_dir, class_names=run.class_names,
+                                                         max_points=run.config(StrokeRnnConfig).max_points,
+                                                         features_layer=FEATURES_LAYER)
         return export.export_model(model, export_dir, class_names=run.class_names,
                                    image_size=run.model.image_size, channels=run.model.channels,
                                    kind="classifier", polarity=training_polarity(self, run),
                                    raster=run.info.get("raster"), features_layer=FEATURES_LAYER,
                                    tflite=run.tflite)
+
+
+def reads_strokes(run: Run) -> bool:
+    """Whether the run's model reads stroke sequences rather than images (models.input_kind)."""
+    return models.input_kind(run.model.model) == "strokes"
+
+
+def sequence_model_kwargs(config: StrokeRnnConfig) -> dict:
+    """The stroke_rnn builder's keyword arguments from its config (all fields but the input's max_points)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "max_points"}
