@@ -93,6 +93,13 @@ class PipelineConfig:
         10000, "Examples in the shuffle buffer of a classifier's training images; -shuffle_buffer is the "
         "metric-learning streams'.")
     cycle_length: int = field(4, "Shards read in parallel by interleave.")
+    render: str = field(
+        "auto", "Where a classifier's images come from: stored (the records' images), on_the_fly (the records' "
+        "strokes drawn in tf.data with the data set's raster settings at -image_size), auto (stored images "
+        "when they serve, else on the fly: strokes-only data, -time_channels or -stroke_augment).",
+        choices=("auto", "stored", "on_the_fly"))
+    time_channels: bool = field(
+        False, "Draw stroke order and point time in channels 2 and 3 (3 channels; on-the-fly rendering).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +154,17 @@ class AugmentConfig:
     aug_salt_pepper: float = field(0.0, "Fraction of pixels set to 0 or 1 at random (0 disables).")
     aug_fill_value: float = field(0.0, "Value of pixels moved in from outside the image (the background).")
     aug_seed: int = field(-1, "Seed of the random transforms; negative draws a fresh one each run.")
+    stroke_augment: bool = field(
+        False, "Augment training drawings in stroke space before on-the-fly rendering (the stroke_* rates); "
+        "never at evaluation.")
+    stroke_scale: float = field(0.1, "Largest scale change of a drawing's points, either way (0 disables).")
+    stroke_shear: float = field(0.1, "Largest shear factor of the points along x and y, either way (0 disables).")
+    stroke_rotation: float = field(10.0, "Largest rotation of the points in degrees, either way (0 disables).")
+    stroke_translate: float = field(0.05, "Largest shift of the points, as a fraction of the frame (0 disables).")
+    stroke_jitter: float = field(1.0, "Standard deviation of the noise added to each point, in frame units "
+                                      "(of 256; 0 disables).")
+    stroke_dropout: float = field(0.1, "Chance of dropping each stroke but the first (0 disables).")
+    stroke_partial: float = field(0.1, "Share of drawings cut to their first k strokes, k uniform (0 disables).")
 
 
 @dataclasses.dataclass(frozen=True)

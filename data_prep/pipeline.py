@@ -3,6 +3,14 @@
 Fast because it interleaves over shards, batches serialized records *before* parsing
 (`tf.io.parse_example` on a batch is several times faster than per-record parsing), decodes
 raw image bytes with one `decode_raw` per batch, and prefetches.
+
+On-the-fly rendering (`render="on_the_fly"`): a data set whose records keep their strokes (every
+Quick, Draw! build; `--store strokes` keeps nothing else) is read as batches of parsed strokes,
+padded (`raster_tf.pad_records`) and drawn by `raster_tf.rasterize_batch` with the data set's raster
+settings (line width, padding, frame, normalize) at any image size, with or without time channels:
+one vectorised render per batch, in the tf.data graph. A training stream may pass `stroke_augment`
+(training.augment.stroke_augmenter), applied to the padded points before drawing; evaluation never does.
+`render_plan` says which of the two a data set and a request need, or why neither serves.
 """
 
 from __future__ import annotations
@@ -13,10 +21,63 @@ from typing import Any, Callable, Iterable
 
 import tensorflow as tf
 
-from data_prep import tfrecords
+from data_prep import raster_tf, tfrecords
 from serving.preprocess import JPEG_MAGIC, model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
+STROKE_FEATURES = ("strokes/points", "strokes/lengths", "strokes/dims")
+StrokeAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def has_strokes(info: dict[str, Any]) -> bool:
+    """Whether the data set's records keep their strokes (and the raster settings to draw them)."""
+    return set(STROKE_FEATURES) <= set(info.get("features", {})) and bool(info.get("raster"))
+
+
+def has_images(info: dict[str, Any]) -> bool:
+    """Whether the data set's records keep an image."""
+    return "image" in info.get("features", {})
+
+
+def render_plan(info: dict[str, Any], render: str = "auto", time_channels: bool = False,
+                stroke_augment: bool = False, where: str = "the data set") -> str:
+    """'stored' or 'on_the_fly' for `render` (auto / stored / on_the_fly) on this data set, or
+    tfrecords.DatasetInfoError in one line when it cannot serve (no strokes, no images)."""
+    needs = ("-time_channels" if time_channels else "-stroke_augment" if stroke_augment
+             else "-render on_the_fly" if render == "on_the_fly" else "")
+    stored_channels = (info.get("image") or {}).get("channels")
+    images_serve = has_images(info) and not stroke_augment and (not time_channels or stored_channels == 3)
+    if render == "stored" or (render == "auto" and images_serve):
+        if not has_images(info):
+            raise tfrecords.DatasetInfoError(f"-render stored: {where} stores strokes only (built with --store "
+                                             "strokes); use -render on_the_fly or auto.")
+        if not images_serve:
+            raise tfrecords.DatasetInfoError(f"-render stored cannot serve {needs}: it draws the strokes; use "
+                                             "-render on_the_fly or auto.")
+        return "stored"
+    if not has_strokes(info):
+        raise tfrecords.DatasetInfoError(
+            f"{needs or 'reading'} needs strokes, and {where} ({info.get('source_format', info.get('name', '?'))} "
+            "format) stores none: build one from strokes (simplified, raw or sketchrnn files), or drop the flag.")
+    return "on_the_fly"
+
+
+def stroke_dims(info: dict[str, Any]) -> int:
+    """Columns of the data set's `strokes/points`: 3 (x, y, t) for raw source files, else 2."""
+    return 3 if info.get("source_format") == "raw" else 2
+
+
+def render_strokes(features: dict[str, tf.Tensor], info: dict[str, Any], image_size: int, time_channels: bool,
+                   augment: StrokeAugment | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """A parsed batch's strokes as uint8 images [B, S, S, 1 | 3], drawn with the data set's raster settings."""
+    settings = info["raster"]
+    batch = raster_tf.pad_records(features["strokes/points"], features["strokes/lengths"], stroke_dims(info))
+    points, normalize = batch.points, settings["normalize"]
+    if augment is not None:
+        points, normalize = augment(points, batch.stroke_ids, batch.num_points, seed), "never"
+    return raster_tf.rasterize_batch(points, batch.stroke_ids, batch.num_points, image_size=image_size,
+                                     line_width=settings["line_width"], padding=settings["padding"],
+                                     frame=settings["frame"], time_channels=time_channels, normalize=normalize)
 
 
 def decode_images(raw: tf.Tensor, spec: tfrecords.FeatureSpec) -> tf.Tensor:
@@ -73,13 +134,17 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
                shuffle: bool = False, *, channels: int | None = None, repeat: bool = False,
                seed: int | None = None, drop_remainder: bool = False, with_key_ids: bool = False,
                cycle_length: int = 4, shuffle_buffer: int = 10000,
-               record_filter: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+               record_filter: Callable[[tf.Tensor], tf.Tensor] | None = None, render: str = "auto",
+               time_channels: bool = False, stroke_augment: StrokeAugment | None = None) -> tf.data.Dataset:
     """Batches of (image float32 [B, H, W, C] in [0, 1], label int32 [B]) from one split.
 
     With `shuffle=False` the order is fixed (evaluation); with `with_key_ids=True` each
     element is (image, label, id), the id being the feature dataset_info.json names as its
     `id_feature` (Quick, Draw!: key_id; Sketchy: item_id). `record_filter` (a predicate on one
     serialized record) keeps a subset of the split, e.g. a cross-validation fold (training/folds.py).
+    `render`, `time_channels` and `stroke_augment` choose stored images or on-the-fly rendering
+    (`render_plan`); drawn images are `image_size` (default: the build's) with 3 channels given time.
+    The augmentation's seed per batch comes from `seed` and the batch's index.
     """
     if batch_size < 1:
         raise ValueError(f"Invalid value for argument `batch_size`: {batch_size}. Expected >= 1.")
@@ -93,11 +158,19 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
     if with_key_ids and id_feature not in specs:
         raise tfrecords.DatasetInfoError(f"The data set at {str(data_dir)!r} stores no {id_feature or 'key_id'!r} "
                                          f"feature to identify its records; rebuild it with this version of data_prep.")
-    names = ["image", "label"] + ([id_feature] if with_key_ids else [])
+    plan = render_plan(info, render, time_channels, stroke_augment is not None, f"the data set at {str(data_dir)!r}")
+    size = image_size or info["image"]["height"]
+    sources = ["image"] if plan == "stored" else list(STROKE_FEATURES[:2])
+    names = sources + ["label"] + ([id_feature] if with_key_ids else [])
 
-    def parse(serialized):
+    def parse(index, serialized):
         features = parse_batch(serialized, specs, names)
-        image = model_input(features["image"], image_size, channels)
+        if plan == "stored":
+            pixels = features["image"]
+        else:
+            pixels = render_strokes(features, info, size, time_channels, stroke_augment,
+                                    tf.stack([tf.constant(seed or 0, tf.int64), index]))
+        image = model_input(pixels, image_size, channels)
         label = tf.cast(features["label"], tf.int32)
         return (image, label, features[id_feature]) if with_key_ids else (image, label)
 
@@ -105,7 +178,7 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
                         shuffle_buffer=shuffle_buffer, repeat=repeat)
     if record_filter is not None:
         ds = ds.filter(record_filter)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
     options = tf.data.Options()
     options.deterministic = not shuffle

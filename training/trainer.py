@@ -139,14 +139,25 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
     return merged
 
 
-def adapt_to_data(model_config: ModelConfig, info: dict, explicit: set[str], data_path: str) -> ModelConfig:
-    """Take image size and channels from the data set unless chosen; refuse a chosen value that differs."""
+def adapt_to_data(model_config: ModelConfig, info: dict, explicit: set[str], data_path: str,
+                  plan: str = "stored", time_channels: bool = False) -> ModelConfig:
+    """Take image size and channels from the data set unless chosen; refuse a chosen value that differs.
+
+    Drawn on the fly (plan 'on_the_fly') any size serves (default: the build's) and the channels follow
+    -time_channels."""
     image = info.get("image") or {}
     height, width, channels = image.get("height"), image.get("width"), image.get("channels")
     if height is None or channels is None:
         raise ToolError(f"dataset_info.json of {data_path!r} does not describe its images (key 'image').")
     if height != width:
         raise ToolError(f"The data set at {data_path!r} holds {height}x{width} images; the models take square ones.")
+    if plan == "on_the_fly":
+        drawn = 3 if time_channels else 1
+        if "channels" in explicit and model_config.channels != drawn:
+            raise ToolError(f"-channels {model_config.channels} does not match the {drawn}-channel images drawn on "
+                            f"the fly ({'with' if time_channels else 'without'} -time_channels); leave -channels out.")
+        size = model_config.image_size if "image_size" in explicit else height
+        return dataclasses.replace(model_config, image_size=size, channels=drawn)
     values = {}
     for name, stored, hint in (
         ("image_size", height, f"build one at that size (`python -m data_prep.quickdraw build ... "
@@ -160,6 +171,23 @@ def adapt_to_data(model_config: ModelConfig, info: dict, explicit: set[str], dat
                             f"{hint}.")
         values[name] = stored
     return dataclasses.replace(model_config, **values)
+
+
+def render_plan_of(configs: Mapping[type, Any], info: dict, data_path: str, task: tasks.Task) -> str:
+    """'stored' or 'on_the_fly' images for this run (data_prep.pipeline.render_plan); a one-line
+    ToolError before training when the data cannot serve the run (no strokes, no images)."""
+    from data_prep.pipeline import render_plan
+
+    pipeline = configs[PipelineConfig]
+    try:
+        plan = render_plan(info, pipeline.render, pipeline.time_channels, configs[AugmentConfig].stroke_augment,
+                           f"the data set at {data_path!r}")
+    except tfrecords.DatasetInfoError as e:
+        raise ToolError(str(e)) from None
+    if plan == "on_the_fly" and task.name != "classification":
+        raise ToolError(f"The {task.name} models read stored images and the data set at {data_path!r} has none to "
+                        "serve this run; rebuild it with --store both (without -time_channels / -stroke_augment).")
+    return plan
 
 
 def read_info(data_path: str) -> dict:
@@ -202,7 +230,9 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
                         "rebuild it with --train_per_class > 0.")
     # A saved run's image size and channels are fixed: the data must match them.
     fixed = explicit if train.mode == "train" else {"image_size", "channels"}
-    configs[ModelConfig] = adapt_to_data(configs[ModelConfig], info, fixed, train.data_path)
+    plan = render_plan_of(configs, info, train.data_path, task)
+    configs[ModelConfig] = adapt_to_data(configs[ModelConfig], info, fixed, train.data_path, plan,
+                                         configs[PipelineConfig].time_channels)
     for name, value in (("epochs", train.epochs), ("batch_size", configs[PipelineConfig].batch_size),
                         ("keep_checkpoints", train.keep_checkpoints)):
         if value < 1:

@@ -30,12 +30,12 @@ import tensorflow as tf
 import models
 from configuration_sketch import CvConfig, StrokeRnnConfig
 from data_prep import stroke_sequences, tfrecords
-from data_prep.pipeline import load_split
+from data_prep.pipeline import load_split, render_plan
 from retrieval import metrics as retrieval_metrics
 from serving import classification_metrics, export, sequence_export
 from serving.features import save_features
 from training import evaluation, folds, plots
-from training.augment import build_augmenter
+from training.augment import build_augmenter, stroke_augmenter
 from training.tasks import Run, Task, metric, training_polarity
 
 FEATURES_LAYER = "features"
@@ -82,11 +82,13 @@ class ClassificationTask(Task):
                                                    cycle_length=pipeline.cycle_length, record_filter=keep, **kwargs)
         return load_split(run.data_path, stored, pipeline.batch_size, image_size=run.model.image_size,
                           channels=run.model.channels, cycle_length=pipeline.cycle_length, record_filter=keep,
-                          **kwargs)
+                          render=render_mode(run), time_channels=pipeline.time_channels, **kwargs)
 
     def train_dataset(self, run: Run, seed: int) -> tf.data.Dataset:
+        augment = stroke_augment(run)
         ds = self._split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
-                         shuffle_buffer=run.pipeline.classifier_shuffle_buffer)
+                         shuffle_buffer=run.pipeline.classifier_shuffle_buffer,
+                         **({"stroke_augment": augment} if augment else {}))
         if run.train.augment:
             augmenter = build_augmenter(run.augment)
             ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -170,8 +172,30 @@ class ClassificationTask(Task):
         return export.export_model(model, export_dir, class_names=run.class_names,
                                    image_size=run.model.image_size, channels=run.model.channels,
                                    kind="classifier", polarity=training_polarity(self, run),
-                                   raster=run.info.get("raster"), features_layer=FEATURES_LAYER,
+                                   raster=trained_raster(run), features_layer=FEATURES_LAYER,
                                    tflite=run.tflite)
+
+
+def render_mode(run: Run) -> str:
+    """'stored' or 'on_the_fly': where the run's images come from (data_prep.pipeline.render_plan)."""
+    return render_plan(run.info, run.pipeline.render, run.pipeline.time_channels, run.augment.stroke_augment)
+
+
+def stroke_augment(run: Run):
+    """The stroke-space augmentation of training batches (-stroke_augment), or None."""
+    if not run.augment.stroke_augment:
+        return None
+    raster = run.info["raster"]
+    return stroke_augmenter(run.augment, raster["frame"], raster["normalize"])
+
+
+def trained_raster(run: Run) -> dict | None:
+    """The raster settings of the images the model was trained on, for serving to draw strokes alike:
+    the build's, at the model's size and with -time_channels when drawn on the fly."""
+    raster = run.info.get("raster")
+    if raster is None or render_mode(run) == "stored":
+        return raster
+    return {**raster, "image_size": run.model.image_size, "time_channels": run.pipeline.time_channels}
 
 
 def reads_strokes(run: Run) -> bool:
