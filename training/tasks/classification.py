@@ -52,7 +52,7 @@ class ClassificationTask(Task):
         if not reads_strokes(run):
             return
         stroke_sequences.check_strokes(run.info, run.data_path)
-        if run.train.augment or getattr(run.augment, "stroke_augment", False):
+        if run.train.augment or run.augment.stroke_augment:
             raise ValueError(f"-augment and -stroke_augment transform the training images; -model {run.model.model} "
                              "reads stroke sequences: leave them out.")
         if run.config(StrokeRnnConfig).max_points < 1:
