@@ -8,11 +8,13 @@ import pathlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from configuration_sketch import QuickDrawBuildConfig, RasterConfig
-from data_prep import quickdraw_build, tfrecords, verify
+from configuration_sketch import AugmentConfig, QuickDrawBuildConfig, RasterConfig
+from data_prep import quickdraw_build, raster_tf, tfrecords, verify
 from data_prep.pipeline import load_split, render_plan
 from training import trainer
+from training.augment import stroke_augmenter
 
 CATEGORIES = "apple,cat,house,tree"
 
@@ -102,13 +104,33 @@ def test_stroke_augment_in_training_batches_only(strokes, tmp_path):
 
 
 def test_trains_on_strokes_only_at_28_and_64_px(strokes, tmp_path):
-    for size in (28, 64):
+    """One build, two models: 28 px plain and 64 px with time channels; the export records the latter's raster."""
+    for size, time_channels in ((28, False), (64, True)):
         model_dir = tmp_path / f"run{size}"
         result = trainer.run_mode(*trainer.resolve("smoke", {"mode": "train", "data_path": str(strokes),
                                                              "model_dir": str(model_dir), "image_size": size,
-                                                             "epochs": 1}))
+                                                             "time_channels": time_channels, "epochs": 1}))
         assert result["final_step"] == 3
     trainer.run_mode(*trainer.resolve("", {"mode": "export", "data_path": str(strokes), "model_dir": str(model_dir)}))
     meta = json.loads(next(model_dir.rglob("model_meta.json")).read_text())
-    assert meta["raster"]["image_size"] == 64 and meta["raster"]["time_channels"] is False
-    assert meta["raster"]["line_width"] == 16.0
+    assert meta["raster"]["image_size"] == 64 and meta["raster"]["time_channels"] is True
+    assert meta["raster"]["line_width"] == 16.0 and meta["channels"] == 3
+    with pytest.raises(trainer.ToolError, match="-channels 1 does not match"):
+        trainer.prepare_run(*trainer.resolve("smoke", {"mode": "train", "data_path": str(strokes), "channels": 1,
+                                                       "model_dir": str(tmp_path / "c"), "time_channels": True}))
+
+
+def test_stroke_augmenter_is_seeded_and_the_identity_at_zero_rates():
+    drawings = [[np.array([[10, 10], [200, 40], [120, 220]], np.float32), np.array([[30, 30], [60, 90]], np.float32)],
+                [np.array([[0, 0], [255, 255]], np.float32)]]
+    batch = raster_tf.pad_drawings(drawings)
+    augment = stroke_augmenter(AugmentConfig(), 256, "auto")
+    first, again, other = (augment(batch.points, batch.stroke_ids, batch.num_points, tf.constant(seed)).numpy()
+                           for seed in ([1, 2], [1, 2], [1, 3]))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(np.nan_to_num(first), np.nan_to_num(other))
+    zero = AugmentConfig(stroke_scale=0, stroke_shear=0, stroke_rotation=0, stroke_translate=0, stroke_jitter=0,
+                         stroke_dropout=0, stroke_partial=0)
+    moved = stroke_augmenter(zero, 256, "auto")(batch.points, batch.stroke_ids, batch.num_points, tf.constant([0, 0]))
+    drawn = raster_tf.rasterize_batch(moved, batch.stroke_ids, batch.num_points, normalize="never").numpy()
+    np.testing.assert_array_equal(drawn, raster_tf.rasterize_batch(*batch[:3]).numpy())
