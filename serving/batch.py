@@ -451,13 +451,14 @@ def run_job(config: BatchConfig, beam_argv: list[str], terminal=sys.stderr) -> i
     """Check everything, run the pipeline, print the summary; 0 on success."""
     import apache_beam as beam
 
-    from serving.export import read_meta
+    from serving.export import read_meta, require_images
 
     if not config.model or not config.input or not config.out:
         raise BatchJobError("--model, --input and --out are required (see --help).")
     if config.batch_size < 1:
         raise BatchJobError(f"--batch_size must be at least 1; received {config.batch_size}.")
     meta = read_meta(config.model)
+    require_images(meta, config.model)
     head = resolve_head(config.head, meta)
     sources = batch_inputs.discover(config.input, config.split)
     check_compatible(sources, meta)

@@ -354,6 +354,15 @@ def read_meta(export_dir) -> dict:
     return meta
 
 
+def require_images(meta: dict, export_dir) -> None:
+    """ExportError (one line) for a strokes-only export (serving.sequence_export), which the tools that
+    feed a model images cannot use."""
+    if meta.get("image_size") is None:
+        raise ExportError(f"{str(export_dir)!r} holds a strokes-only model ({meta.get('inputs')} input): its "
+                          "SavedModel's classify_strokes and embed_strokes take packed strokes; the tools that feed "
+                          "it images (batch jobs, index, lookup, the web app) do not take it yet.")
+
+
 def training_polarity(images) -> str:
     """What a training set shows the model (preprocess.TRAINED_POLARITIES), from float images
     [N, H, W, C] in [0, 1]: almost all borders dark, almost all light, or neither."""

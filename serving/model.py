@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from serving import preprocess
-from serving.export import SAVED_MODEL, ExportError, read_meta
+from serving.export import SAVED_MODEL, ExportError, read_meta, require_images
 
 INPUTS = ("images", "images_float", "encoded")
 
@@ -53,6 +53,7 @@ class ExportedModel:
 
         self.export_dir = pathlib.Path(export_dir)
         self.meta = read_meta(self.export_dir)
+        require_images(self.meta, self.export_dir)
         self.loaded = tf.saved_model.load(os.fspath(self.export_dir / SAVED_MODEL))
 
     @property

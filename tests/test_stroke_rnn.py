@@ -151,6 +151,16 @@ def test_train_evaluate_test_export_and_the_strokes_endpoint(quickdraw_28px, tmp
     np.testing.assert_allclose(signature["probabilities"].numpy()[0], served["probabilities"].numpy()[0], atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="finite"):
         loaded.classify_strokes(tf.constant([[[np.nan, 0.0, 0.0, 0.0]]]))
+    # The image tools refuse the strokes-only export in one line instead of feeding it images.
+    from serving import model as serving_model
+    from serving.export import ExportError
+
+    with pytest.raises(ExportError, match="holds a strokes-only model .*do not take it yet"):
+        serving_model.load(run / "export")
+    done = subprocess.run([sys.executable, "-m", "serving.batch", "--model", str(run / "export"), "--input",
+                           str(quickdraw_28px), "--out", str(tmp_path / "job")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "strokes-only model" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_data_set_without_strokes_is_a_one_line_error(quickdraw_28px, tmp_path):
