@@ -46,11 +46,12 @@ def per_record_baseline(data_dir: pathlib.Path) -> tf.data.Dataset:
     return ds.repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE)
 
 
-def images_per_second(ds: tf.data.Dataset, images: int = IMAGES) -> float:
-    """Images/s over `images` images, after one warm-up batch."""
+def images_per_second(ds: tf.data.Dataset, images: int = IMAGES, warm_up: int = 1) -> float:
+    """Images/s over `images` images (batches of BATCH), after `warm_up` batches."""
     it = iter(ds)
-    next(it)
-    steps = images // BATCH
+    for _ in range(warm_up):
+        next(it)
+    steps = max(1, images // BATCH)
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(it)

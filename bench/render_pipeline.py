@@ -15,10 +15,10 @@ import json
 import os
 import pathlib
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from bench import input_pipeline  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
 from data_prep import quickdraw_build, tfrecords  # noqa: E402
@@ -34,15 +34,7 @@ WARM_UP = 8
 
 def images_per_second(ds, images: int, warm_up: int = WARM_UP) -> float:
     """Images/s over `images` images, after `warm_up` batches (XLA compiles a few batch shapes)."""
-    it = iter(ds)
-    for _ in range(warm_up):
-        next(it)
-    steps = max(1, images // BATCH)
-    start = time.perf_counter()
-    for _ in range(steps):
-        batch = next(it)
-    batch[0].numpy()
-    return steps * BATCH / (time.perf_counter() - start)
+    return input_pipeline.images_per_second(ds, images, warm_up)
 
 
 def build(out: pathlib.Path, store: str) -> pathlib.Path:
