@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
 from data_prep import quickdraw_build, synthetic, verify  # noqa: E402

@@ -26,11 +26,12 @@ Override order: the dataclass defaults, then -preset, then the flags given on th
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 from absl import app, flags, logging  # noqa: E402
 

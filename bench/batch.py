@@ -40,7 +40,9 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import apache_beam  # noqa: E402,F401 - imported once here, as TensorFlow is: no run pays a library import
 import numpy as np  # noqa: E402

@@ -9,12 +9,13 @@ Writes bench/results/input_pipeline.json. Run: `python -m bench.input_pipeline`.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import tensorflow as tf  # noqa: E402
 

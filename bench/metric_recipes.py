@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import pathlib
 import shutil
 import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 from bench import retrieval_quality as rq  # noqa: E402
 

@@ -12,11 +12,12 @@ bench/results/render_pipeline.json. Run: `python -m bench.render_pipeline`.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 from bench import input_pipeline  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import random
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -17,12 +17,13 @@ Writes bench/results/sketchy.json. Run: `python -m bench.sketchy` (about 5 minut
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import tensorflow as tf  # noqa: E402
 

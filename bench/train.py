@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -27,7 +27,9 @@ import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402

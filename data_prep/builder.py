@@ -57,7 +57,9 @@ def _unit_staging_paths(staging: pathlib.Path, splits: list[str], index: int) ->
 
 
 def _worker_init(parent_pid: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_startup
+
+    tf_startup.quiet()
     _die_with_parent(parent_pid)
 
 

@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import os
+    import tf_startup
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf_startup.quiet()
     sys.exit(main())

@@ -457,7 +457,9 @@ def source_files(source_dir: str | os.PathLike, fmt: str, skips: SkipCounter | N
 
 
 if __name__ == "__main__":  # the command line lives in data_prep.quickdraw_cli: the readers import no build code
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_startup
+
+    tf_startup.quiet()
     from data_prep.quickdraw_cli import main
 
     sys.exit(main(sys.argv))

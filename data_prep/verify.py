@@ -205,5 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_startup
+
+    tf_startup.quiet()
     sys.exit(main())

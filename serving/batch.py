@@ -541,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         return parsed
     rest, flag_values = parsed[0][1:], parsed[1]
     config = cs.from_flags(BatchConfig, flag_values)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if config.verbose else "3")
+    import tf_startup
+
+    tf_startup.quiet("2" if config.verbose else "3")
     root = logging.getLogger()
     level = root.level
     if not config.verbose:

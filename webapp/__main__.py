@@ -6,10 +6,11 @@ says otherwise; --port 0 picks a free port, and the address is printed on start.
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
 
 import configuration_sketch as cs  # noqa: E402
 
