@@ -1,4 +1,5 @@
-"""Metric-learning losses: contrastive, triplet (with online miners) and deep hashing.
+"""Metric-learning losses: contrastive, triplet (with online miners), deep hashing, and the proxy
+losses that see every class at every step (normalised softmax, proxy-anchor).
 
 Two layers: pure functions returning `MinedLoss(value, valid)` for a training loop of
 one's own, and serializable `keras.losses.Loss` classes for `model.compile(loss=...)`
@@ -11,6 +12,10 @@ Under `tf.distribute` every replica mines inside its own slice of the global bat
 (no cross-replica mining): the gradient is the mean of the per-replica gradients and
 the loss Keras reports is the mean of the per-replica losses. Each replica that sees
 an invalid slice counts one event.
+
+The proxy losses take y_pred = the cosine similarities [B, C] of each embedding to one learned proxy
+per class (models.proxies.CosineProxies computes them), so they need no pair in the batch: every
+example pulls towards its class's proxy and away from all the others.
 """
 
 from __future__ import annotations
@@ -37,10 +42,14 @@ __all__ = [
     "LogInvalidBatches",
     "MarginRamp",
     "MinedLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
     "TripletLoss",
     "contrastive_loss",
     "in_batch_contrastive_loss",
+    "normalized_softmax_loss",
     "pairwise_distances",
+    "proxy_anchor_loss",
     "quantization_loss",
     "ramp_margin",
     "triplet_loss",
@@ -61,6 +70,11 @@ def _check_margin(margin, name: str = "margin") -> None:
         raise ValueError(f"Invalid value for argument `{name}`. Received: {name}={margin!r}. Expected a number > 0.")
     if not (math.isfinite(margin) and margin > 0):
         raise ValueError(f"Invalid value for argument `{name}`. Received: {name}={margin!r}. Expected a finite number > 0.")
+
+
+def _check_delta(delta) -> None:
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (math.isfinite(delta) and delta >= 0):
+        raise ValueError(f"Invalid value for argument `delta`. Received: delta={delta!r}. Expected a finite number >= 0.")
 
 
 def _check_choice(value, allowed, name: str) -> None:
@@ -168,6 +182,46 @@ def triplet_loss(
     counted = tf.logical_and(valid, hinge > 0) if spec.average == "nonzero" else valid
     value = tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(tf.cast(counted, dist.dtype)), 1.0)
     return MinedLoss(value, tf.reduce_any(valid))
+
+
+def _labels_and_similarities(labels, similarities) -> tuple[tf.Tensor, tf.Tensor]:
+    """Check labels [B] (or [B, 1]) against similarities [B, C]; labels as int32."""
+    labels, similarities = _labels_and_embeddings(labels, similarities)
+    return tf.cast(labels, tf.int32), similarities
+
+
+def normalized_softmax_loss(labels, similarities, temperature: float = 0.05) -> tf.Tensor:
+    """Mean cross-entropy of softmax(cos / temperature) over the classes: a cosine classifier
+    (Zhai & Wu 2019, "Classification is a strong baseline for deep metric learning")."""
+    _check_margin(temperature, "temperature")
+    labels, similarities = _labels_and_similarities(labels, similarities)
+    logits = similarities / tf.constant(temperature, similarities.dtype)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def _log1p_sum_exp(z: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Per column of z [B, C]: log(1 + sum over the masked rows of exp(z)), without overflow."""
+    z = tf.where(mask, z, tf.fill(tf.shape(z), tf.constant(-math.inf, z.dtype)))
+    return tf.reduce_logsumexp(tf.concat([tf.zeros_like(z[:1]), z], axis=0), axis=0)
+
+
+def proxy_anchor_loss(labels, similarities, alpha: float = 32.0, delta: float = 0.1) -> MinedLoss:
+    """Proxy-anchor loss (Kim et al. 2020): with s = cos(x, p) [B, C],
+    mean over the proxies of classes in the batch of log(1 + sum_{x of p} exp(-alpha (s - delta)))
+    plus the mean over all C proxies of log(1 + sum_{x not of p} exp(alpha (s + delta))).
+    `valid` is False only for an empty batch (the value is then 0)."""
+    _check_margin(alpha, "alpha")
+    _check_delta(delta)
+    labels, similarities = _labels_and_similarities(labels, similarities)
+    positive = tf.one_hot(labels, tf.shape(similarities)[1], on_value=True, off_value=False)
+    alpha_, delta_ = tf.constant(alpha, similarities.dtype), tf.constant(delta, similarities.dtype)
+    pos_terms = _log1p_sum_exp(-alpha_ * (similarities - delta_), positive)
+    neg_terms = _log1p_sum_exp(alpha_ * (similarities + delta_), tf.logical_not(positive))
+    with_positives = tf.cast(tf.reduce_any(positive, axis=0), similarities.dtype)
+    value = (tf.reduce_sum(pos_terms * with_positives) / tf.maximum(tf.reduce_sum(with_positives), 1.0)
+             + tf.reduce_mean(neg_terms))
+    valid = tf.shape(labels)[0] > 0
+    return MinedLoss(tf.where(valid, value, tf.zeros_like(value)), valid)
 
 
 def quantization_loss(u) -> tf.Tensor:
@@ -371,6 +425,41 @@ class DeepHashLoss(TripletLoss):
             "margin_start": self.margin_start,
             "margin_ramp_steps": self.margin_ramp_steps,
         }
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class NormalizedSoftmaxLoss(keras.losses.Loss):
+    """`normalized_softmax_loss` for compile: y_true labels [B], y_pred cosines [B, C]."""
+
+    def __init__(self, temperature: float = 0.05, name: str = "normalized_softmax_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        _check_margin(temperature, "temperature")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        return normalized_softmax_loss(y_true, tf.cast(y_pred, self.dtype), self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class ProxyAnchorLoss(_InBatchLoss):
+    """`proxy_anchor_loss` for compile: y_true labels [B], y_pred cosines [B, C]."""
+
+    def __init__(self, alpha: float = 32.0, delta: float = 0.1, name: str = "proxy_anchor_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        _check_margin(alpha, "alpha")
+        _check_delta(delta)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha, self.delta = float(alpha), float(delta)
+
+    def compute(self, labels, similarities):
+        return proxy_anchor_loss(labels, similarities, self.alpha, self.delta)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "delta": self.delta}
 
 
 class MarginRamp(keras.callbacks.Callback):
