@@ -334,11 +334,17 @@ class EmbeddingConfig:
     shared_weights: bool = field(True, "siamese: one network for both images; False: a sketch branch and "
                                  "a photo branch with their own weights (cross-domain).")
     loss: str = field("auto", "auto: siamese contrastive on pairs, triplet/deephash triplet loss; triplet "
-                      "also takes the in-batch contrastive loss.", choices=("auto", "triplet", "contrastive"))
+                      "also takes the in-batch contrastive loss and the proxy losses, which train one learned "
+                      "proxy per class beside the embedding and see every class at every step: proxy_anchor "
+                      "(Kim et al. 2020) and normalized_softmax (a cosine classifier).",
+                      choices=("auto", "triplet", "contrastive", "proxy_anchor", "normalized_softmax"))
     miner: str = field("auto", "Triplet miner (auto = semi_hard; batch_hard, batch_all) or in-batch "
                        "contrastive pair miner (auto/none = all pairs, hard_negative).",
                        choices=("auto", "batch_hard", "batch_all", "semi_hard", "hard_negative", "none"))
     margin: float = field(-1.0, "Loss margin (> 0); -1 takes the loss's own: triplet 0.2, contrastive 1.0, deephash 0.5.")
+    proxy_alpha: float = field(32.0, "proxy_anchor: scale alpha of the cosines (> 0; the authors' 32).")
+    proxy_delta: float = field(0.1, "proxy_anchor: margin delta on the cosines (>= 0; the authors' 0.1).")
+    temperature: float = field(0.05, "normalized_softmax: temperature of softmax(cos / temperature) (> 0).")
     bits: int = field(64, "deephash code length in bits (16, 32, 64, 128).")
     quantization_weight: float = field(0.01, "deephash: weight lambda of the quantization loss ||sign(u) - u||^2 "
                                        "(a sum over bits: 0.1 outweighed the triplet term at 128 bits and cost "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -48,6 +49,9 @@ EMBEDDING_MODELS = ("siamese", "triplet", "deephash")
 # Layer names of the sub-networks inside a siamese twin model (see `branch`).
 SHARED_BRANCH = "embedding_net"
 DOMAIN_BRANCHES = {"sketch": "sketch_branch", "photo": "photo_branch"}
+# The layer of class proxies after `features` in a model trained with a proxy loss (see `branch`).
+PROXY_LAYER = "proxies"
+PROXY_LOSSES = ("proxy_anchor", "normalized_softmax")
 # Margins used when the config leaves `margin` at AUTO_MARGIN: each loss's usual value.
 AUTO_MARGIN = -1.0
 DEFAULT_MARGINS = {"triplet": 0.2, "contrastive": 1.0, "deephash": 0.5}
@@ -200,17 +204,27 @@ def build_embedding_network(
     return keras.Model(inputs, x, name=name)
 
 
+# One image -> features network per proxy-trained model, so repeated calls reuse its compiled steps.
+_FEATURE_NETWORKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def branch(model: keras.Model, domain: str) -> keras.Model:
     """The image -> embedding network that embeds images of `domain` ('sketch' or 'photo').
 
     For a siamese twin model: its sketch or photo branch (the same network when weights are
     shared); export and feature extraction use the sketch branch for queries and the photo branch
-    for the gallery. For a single-input embedding model (triplet, deephash): the model itself.
-    Each returned network ends in its layer `features`.
+    for the gallery. For a single-input embedding model (triplet, deephash): the model itself, or for
+    one trained with proxies its network up to `features` (the same object on every call). Each
+    returned network ends in its layer `features`.
     """
     if domain not in DOMAINS:
         raise ValueError(f"Invalid value for argument `domain`. Received: {domain!r}. Expected one of: {', '.join(DOMAINS)}.")
     names = {layer.name for layer in model.layers}
+    if PROXY_LAYER in names and "features" in names:  # trained with proxies: the network up to `features`
+        if model not in _FEATURE_NETWORKS:
+            _FEATURE_NETWORKS[model] = keras.Model(model.input, model.get_layer("features").output,
+                                                   name=f"{model.name}_features")
+        return _FEATURE_NETWORKS[model]
     for name in (DOMAIN_BRANCHES[domain], SHARED_BRANCH):
         if name in names:
             return model.get_layer(name)
@@ -274,6 +288,8 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
     kwargs = {"embedding_dim": config.embedding_dim, "backbone": config.backbone, "l2_normalize": config.l2_normalize}
     if model == "siamese":
         kwargs["shared_weights"] = config.shared_weights
+    if model == "triplet":
+        kwargs["proxies"] = config.loss in PROXY_LOSSES
     return kwargs
 
 
@@ -301,7 +317,9 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
 
     siamese: PairContrastiveLoss on (pair, same) batches (loss 'auto' or 'contrastive'; no miner).
     triplet: loss 'auto'/'triplet' -> TripletLoss (miner 'auto' = semi_hard, batch_hard, batch_all);
-        'contrastive' -> in-batch ContrastiveLoss (miner 'auto'/'none' = all pairs, hard_negative).
+        'contrastive' -> in-batch ContrastiveLoss (miner 'auto'/'none' = all pairs, hard_negative);
+        'proxy_anchor' -> ProxyAnchorLoss(proxy_alpha, proxy_delta), 'normalized_softmax' ->
+        NormalizedSoftmaxLoss(temperature), on the cosines of the model built with proxies=True.
     deephash: loss 'auto'/'triplet' -> DeepHashLoss (triplet + quantization_weight * quantization
         loss, margin ramped from margin_start over margin_ramp_steps when > 0).
     A margin left at AUTO_MARGIN takes DEFAULT_MARGINS of the loss. Every value is checked here,
@@ -315,9 +333,18 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
         if miner not in ("auto", "none"):
             raise _choice_error("miner", miner, ("auto", "none"), "model 'siamese' takes given pairs, nothing to mine")
         return PairContrastiveLoss(_margin(config, "contrastive"))
-    allowed_losses = ("auto", "triplet", "contrastive") if model == "triplet" else ("auto", "triplet")
+    allowed_losses = ("auto", "triplet", "contrastive", *PROXY_LOSSES) if model == "triplet" else ("auto", "triplet")
     if loss not in allowed_losses:
         raise _choice_error("loss", loss, allowed_losses, f"for model {model!r}")
+    if loss in PROXY_LOSSES:
+        if miner != "auto":
+            raise _choice_error("miner", miner, ("auto",), f"loss {loss!r} uses every class's proxy, nothing to mine")
+        if config.margin != AUTO_MARGIN:
+            raise ValueError(f"Invalid value for EmbeddingConfig field `margin`: {config.margin!r}. Loss {loss!r} takes "
+                             "no margin: set proxy_delta (proxy_anchor) or temperature (normalized_softmax).")
+        if loss == "proxy_anchor":
+            return losses.ProxyAnchorLoss(config.proxy_alpha, config.proxy_delta)
+        return losses.NormalizedSoftmaxLoss(config.temperature)
     if loss == "contrastive":
         allowed = ("auto", "none", *(m for m in PAIR_MINERS if m))
         if miner not in allowed:
@@ -348,7 +375,7 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
 def loss_callbacks(loss: keras.losses.Loss) -> list[keras.callbacks.Callback]:
     """Callbacks a loss from `make_loss` needs in `fit`: the invalid-batch log and the margin ramp."""
     callbacks: list[keras.callbacks.Callback] = []
-    if isinstance(loss, (losses.TripletLoss, losses.ContrastiveLoss)):  # DeepHashLoss is a TripletLoss
+    if isinstance(loss, (losses.TripletLoss, losses.ContrastiveLoss, losses.ProxyAnchorLoss)):  # and DeepHashLoss
         callbacks.append(losses.LogInvalidBatches(loss))
     if isinstance(loss, losses.DeepHashLoss) and loss.margin_ramp_steps > 0:
         callbacks.append(losses.MarginRamp(loss))

@@ -1,17 +1,20 @@
 """`triplet`: an embedding network for in-batch metric losses (triplet with a miner, on P x K batches).
 
 image -> backbone (models/embedding.py: 'sknet' by default, 'skresnet', 'siamese_cnn') -> linear
-`embedding_dim` layer -> optional L2 normalisation; the last layer is `features`. No classifier:
-`num_classes` is accepted (the registry passes it) and checked, but unused. Train it with
-`models.embedding.make_loss(config, "triplet")` (TripletLoss, or the in-batch ContrastiveLoss)
-on x = images, y = labels arranged P x K (see models/embedding.py for the layout).
+`embedding_dim` layer -> optional L2 normalisation; the layer `features` is the embedding. Train it
+with `models.embedding.make_loss(config, "triplet")` (TripletLoss, or the in-batch ContrastiveLoss)
+on x = images, y = labels arranged P x K (see models/embedding.py for the layout). With
+`proxies=True` (the proxy losses) the model's training output is the cosines [B, num_classes] of
+`features` to one learned proxy per class (models.proxies.CosineProxies, layer `proxies`); without,
+`num_classes` is checked but unused. Either way `models.embedding.branch` gives image -> `features`.
 """
 
 from __future__ import annotations
 
 import keras
 
-from models.embedding import build_embedding_network
+from models.embedding import PROXY_LAYER, build_embedding_network
+from models.proxies import CosineProxies
 from models.registry import register
 
 
@@ -26,10 +29,17 @@ def build_triplet(
     l2_normalize: bool = True,
     bn_momentum: float = 0.9,
     dropout: float = 0.0,
+    proxies: bool = False,
     name: str = "triplet",
 ) -> keras.Model:
-    """Embedding network image -> `features` [embedding_dim] (unit norm when `l2_normalize`)."""
-    return build_embedding_network(
+    """Embedding network image -> `features` [embedding_dim] (unit norm when `l2_normalize`), then
+    with `proxies` -> cosines to the class proxies [num_classes]."""
+    network = build_embedding_network(
         "triplet", input_size, channels, num_classes, embedding_dim=embedding_dim, backbone=backbone,
         l2_normalize=l2_normalize, bn_momentum=bn_momentum, dropout=dropout, name=name,
     )
+    if not isinstance(proxies, bool):
+        raise ValueError(f"Invalid value for argument `proxies` of model 'triplet'. Received: {proxies!r}. Expected True or False.")
+    if not proxies:
+        return network
+    return keras.Model(network.input, CosineProxies(num_classes, name=PROXY_LAYER)(network.output), name=name)

@@ -405,12 +405,28 @@ def test_loss_callbacks():
 def test_builder_kwargs_build_each_model():
     config = EmbeddingConfig(embedding_dim=16, bits=32, shared_weights=False, l2_normalize=False)
     assert models.builder_kwargs(config, "deephash") == {"bits": 32, "backbone": "sknet"}
-    assert models.builder_kwargs(config, "triplet") == {"embedding_dim": 16, "backbone": "sknet", "l2_normalize": False}
+    assert models.builder_kwargs(config, "triplet") == {"embedding_dim": 16, "backbone": "sknet", "l2_normalize": False,
+                                                        "proxies": False}
     assert models.builder_kwargs(config, "siamese")["shared_weights"] is False
     widths = {name: build(name, **models.builder_kwargs(config, name)).output.shape[-1] for name in embedding.EMBEDDING_MODELS}
     assert widths == {"siamese": 16, "triplet": 16, "deephash": 32}
     with pytest.raises(ValueError, match=r"`model`\. Received: 'sknet'\. Expected one of: siamese, triplet, deephash"):
         models.builder_kwargs(config, "sknet")
+
+
+@pytest.mark.parametrize("loss, expected", [("proxy_anchor", (losses.ProxyAnchorLoss, {"alpha": 16.0, "delta": 0.2})),
+                                            ("normalized_softmax", (losses.NormalizedSoftmaxLoss, {"temperature": 0.1}))])
+def test_a_proxy_loss_gives_triplet_a_proxy_head_and_branch_its_features(loss, expected):
+    config = EmbeddingConfig(embedding_dim=16, loss=loss, proxy_alpha=16.0, proxy_delta=0.2, temperature=0.1)
+    made = models.make_loss(config, "triplet")
+    assert type(made) is expected[0] and {k: made.get_config()[k] for k in expected[1]} == expected[1]
+    model = build("triplet", **models.builder_kwargs(config, "triplet"))
+    assert model.output.shape[-1] == len(CATEGORIES) and model.layers[-1].name == embedding.PROXY_LAYER
+    features = models.branch(model, "sketch")
+    assert features is models.branch(model, "photo") and features.output.shape[-1] == 16
+    assert features.layers[-1].name == "features" and features.layers[-1] is model.get_layer("features")
+    callbacks = [type(c) for c in models.loss_callbacks(made)]
+    assert callbacks == ([losses.LogInvalidBatches] if loss == "proxy_anchor" else [])
 
 
 def test_embedding_config_flags():

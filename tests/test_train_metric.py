@@ -184,6 +184,47 @@ def test_triplet_on_quickdraw_trains_tests_and_exports(quickdraw_28px, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loss", ["proxy_anchor", "normalized_softmax"])
+def test_triplet_with_a_proxy_loss_trains_tests_and_exports_its_features(quickdraw_28px, tmp_path, loss):
+    """The proxies train beside the embedding (2 replicas); test, evaluate and export use `features`."""
+    model_dir = tmp_path / loss
+    rows = train_in_subprocess(quickdraw_28px, model_dir, "-model", "triplet", "-classes_per_batch", "4",
+                               "-per_class", "4", "-embedding_dim", "32", "-loss", loss)
+    # proxy-anchor counts empty batches like the mined losses; normalised softmax has nothing to count
+    assert [row.get("num_invalid_batches") for row in rows] == [0 if loss == "proxy_anchor" else None] * 2
+    info = json.loads((quickdraw_28px / "dataset_info.json").read_text())
+    report = run_api(mode="test", model_dir=str(model_dir))
+    assert report["num_queries"] == info["splits"]["test"]["num_examples"]
+    queries, _ = check_report_matches_files(model_dir, report, binary=False)
+    assert queries["features"].shape == (report["num_queries"], 32)  # the embedding, not the class cosines
+    np.testing.assert_allclose(np.linalg.norm(queries["features"], axis=1), 1.0, atol=1e-5)
+
+    import keras
+
+    from models.proxies import CosineProxies
+
+    model = keras.models.load_model(model_dir / "best.keras")  # the training model, proxies included
+    proxies = model.get_layer("proxies")
+    assert isinstance(proxies, CosineProxies) and tuple(proxies.proxies.shape) == (len(info["classes"]), 32)
+    assert model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, len(info["classes"]))
+    evaluated = run_api(mode="evaluate", model_dir=str(model_dir))
+    assert np.isfinite(evaluated["loss"]) and evaluated["loss_batches"] >= 1
+    assert evaluated["retrieval"]["map"] == pytest.approx(report["map"])
+
+    for other in ("triplet", "auto"):  # resuming with a loss of the other kind is one line, before any step
+        with pytest.raises(trainer.ToolError, match=f"trained with -loss {loss}, with a layer of class proxies; "
+                                                    f"-loss {other} needs a model without one"):
+            trainer.prepare_run(*trainer.resolve("", {"mode": "train", "data_path": str(quickdraw_28px),
+                                                      "model_dir": str(model_dir), "model": "triplet",
+                                                      "embedding_dim": 32, "loss": other}))
+
+    meta = run_api(mode="export", model_dir=str(model_dir))
+    assert meta["kind"] == "embedding" and meta["embedding_dim"] == 32
+    reloaded = reload_embeddings(model_dir / "export", quickdraw_28px, "test", "all")
+    np.testing.assert_allclose(reloaded, queries["features"], atol=1e-5)
+
+
+@pytest.mark.slow
 def test_unshared_siamese_on_sketchy_embeds_sketches_and_photos_with_their_branches(sketchy_32px, tmp_path):
     model_dir = tmp_path / "siamese"
     train_in_subprocess(sketchy_32px, model_dir, "-model", "siamese", "-shared_weights=false", "-batch_size", "8",
@@ -280,6 +321,12 @@ BAD_QUICKDRAW = [
     ({"model": "siamese", "shared_weights": False}, "sketch branch and a photo branch need a sketch/photo data set"),
     ({"model": "triplet", "sketches_per_class": 2}, "no `domain_id` feature"),
     ({"model": "triplet", "backbone": "siamese_cnn"}, "need 64 px"),
+    ({"model": "deephash", "loss": "proxy_anchor"}, "`loss`. Received: 'proxy_anchor'"),
+    ({"model": "siamese", "loss": "normalized_softmax"}, "`loss`. Received: 'normalized_softmax'"),
+    ({"model": "triplet", "loss": "proxy_anchor", "miner": "batch_hard"}, "nothing to mine"),
+    ({"model": "triplet", "loss": "normalized_softmax", "margin": 0.3}, "takes no margin"),
+    ({"model": "triplet", "loss": "proxy_anchor", "proxy_alpha": 0.0}, "`alpha`. Received: alpha=0.0"),
+    ({"model": "triplet", "loss": "normalized_softmax", "temperature": -1.0}, "`temperature`"),
 ]
 
 

@@ -30,6 +30,7 @@ from configuration_sketch import (AugmentConfig, CvConfig, EmbeddingConfig, Mode
                                   StrokeRnnConfig, TrainConfig)
 from data_prep import tfrecords, verify
 from data_prep.atomic_files import write_json_atomic
+from models.embedding import PROXY_LOSSES
 from serving import tflite
 from training import callbacks as cb
 from training import folds, presets, tasks
@@ -48,7 +49,8 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 # Fields a run's weights depend on (None: every field of the class): taken from the saved run by
 # evaluate/test/export, and refused when a resumed training asks for other values. Loss, miner and
-# margin are not among them: a resumed run may continue with another objective.
+# margin are not among them: a resumed run may continue with another objective (of the same kind:
+# a proxy loss trains a layer the others lack, `_check_proxy_head`).
 SHAPING_FIELDS: dict[type, tuple[str, ...] | None] = {
     ModelConfig: None,
     EmbeddingConfig: ("embedding_dim", "backbone", "l2_normalize", "shared_weights", "bits"),
@@ -105,6 +107,15 @@ def _differences(current: dict, saved: dict) -> list[str]:
     return [f"-{k} {current[k]!r} (the run has {saved[k]!r})" for k in current if k in saved and current[k] != saved[k]]
 
 
+def _check_proxy_head(saved_loss: str, loss: str) -> None:
+    """A proxy loss trains a layer of class proxies the other losses lack: the two do not share weights."""
+    before, after = saved_loss in PROXY_LOSSES, loss in PROXY_LOSSES
+    if before != after:
+        raise ToolError(f"The run in this model_dir was trained with -loss {saved_loss}, {'with' if before else 'without'} "
+                        f"a layer of class proxies; -loss {loss} needs a model {'without' if before else 'with'} one. "
+                        f"Pass -loss {saved_loss} (or another loss of its kind) to go on, or use another -model_dir.")
+
+
 def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str, dict], mode: str
                 ) -> dict[type, Any]:
     """Configs for a run already in model_dir.
@@ -131,6 +142,8 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
             if wrong:
                 raise ToolError(f"The run in this model_dir was trained with other model settings: {'; '.join(wrong)}. "
                                 "Use another -model_dir for a new model, or drop these flags.")
+        if cls is EmbeddingConfig and (mode == "train" or "loss" in explicit):
+            _check_proxy_head(stored.get("loss", "auto"), current["loss"])
         if mode == "train":
             merged[cls] = config
         else:
