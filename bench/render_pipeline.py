@@ -5,12 +5,20 @@ drawings) twice at 28 px: `--store both` (images and strokes) and `--store strok
 `load_split` reading the stored raw images (28 px). Then `load_split` drawing the strokes-only
 records in tf.data (raster_tf under XLA) at 28, 64 and 128 px, with and without time channels.
 Images/s of a shuffled, repeating training stream, batches of 256, after 8 warm-up batches
-(XLA compilation of the few batch shapes excluded). Also the on-disk bytes of both stores. Writes
-bench/results/render_pipeline.json. Run: `python -m bench.render_pipeline`.
+(XLA compilation of the few batch shapes excluded). Also the on-disk bytes of both stores.
+
+Then whether drawing is the bottleneck of a training step (bench/train.py's step-time comparison):
+skNet's step time fed by the training stream of train_sketch_net.py drawing on the fly (with and
+without -stroke_augment; at 64 px with time channels) against the same images decoded once and held
+in memory, alternating, best of ROUNDS rounds; and each stream alone, whose CPU time per batch
+bounds what it can take from a step on the same cores.
+
+Writes bench/results/render_pipeline.json. Run: `python -m bench.render_pipeline [--part rate|steps]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import tempfile
@@ -19,11 +27,14 @@ import tf_startup  # before anything imports TensorFlow
 
 tf_startup.quiet()
 
-from bench import input_pipeline  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import input_pipeline, train  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
 from data_prep import quickdraw_build, tfrecords  # noqa: E402
 from data_prep.pipeline import load_split  # noqa: E402
+from training import trainer  # noqa: E402
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw" / "simplified"
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -31,6 +42,9 @@ BATCH = 256
 STORED_IMAGES = 100_000
 DRAWN_IMAGES = {28: 25_600, 64: 10_240, 128: 2_560}
 WARM_UP = 8
+# Step-time comparison: (size, time channels, batch, timed steps) as in bench/train.py, and its rounds.
+STEP_CASES = ((28, False, 64, 12), (64, True, 32, 8))
+ROUNDS = 6
 
 
 def images_per_second(ds, images: int, warm_up: int = WARM_UP) -> float:
@@ -49,26 +63,83 @@ def stream(data_dir: pathlib.Path, **kwargs):
     return load_split(data_dir, "train", BATCH, shuffle=True, repeat=True, seed=0, drop_remainder=True, **kwargs)
 
 
+def training_stream(data_dir: pathlib.Path, size: int, batch: int, time_channels: bool, render: str,
+                    stroke_augment: bool = False):
+    """The stream train_sketch_net.py fits on (classification task) for these flags."""
+    values = {"mode": "train", "data_path": str(data_dir), "model_dir": str(data_dir / "unused"),
+              "batch_size": batch, "image_size": size, "render": render, "time_channels": time_channels,
+              "channels": 3 if time_channels else 1, "stroke_augment": stroke_augment}
+    run, task = trainer.prepare_run(*trainer.resolve("", values))
+    return task.train_dataset(run, seed=0)
+
+
+def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
+    """Images/s drawn on the fly at 28, 64 and 128 px against reading the stored 28 px images."""
+    both, strokes = build(tmp / "both", "both"), build(tmp / "strokes", "strokes")
+    results["storage"] = tfrecords.read_dataset_info(strokes)["storage"]
+    results["shard_bytes"] = {name: sum(p.stat().st_size for p in d.glob("*.tfrecord"))
+                              for name, d in (("both", both), ("strokes", strokes))}
+    baseline = images_per_second(stream(both), STORED_IMAGES)
+    results["stored_28_images_per_s"] = round(baseline)
+    print(f"stored 28 px images: {baseline:,.0f} img/s; shard bytes {results['shard_bytes']}")
+    print(f"{'size':>5} {'time channels':>14} {'drawn img/s':>12} {'x stored':>9}")
+    for size, count in DRAWN_IMAGES.items():
+        for time_channels in (False, True):
+            rate = images_per_second(stream(strokes, image_size=size, time_channels=time_channels), count)
+            results["rows"].append({"image_size": size, "time_channels": time_channels,
+                                    "images_per_s": round(rate), "ratio_to_stored": round(rate / baseline, 3)})
+            print(f"{size:>5} {str(time_channels):>14} {rate:>12,.0f} {rate / baseline:>9.3f}")
+
+
+def step_costs(tmp: pathlib.Path, results: dict) -> None:
+    """skNet's step time fed by on-the-fly drawing against the same images held in memory."""
+    data = train.build_data(tmp, 28)  # 40 categories x 25 drawings, images and strokes
+    for size, time_channels, batch, steps in STEP_CASES:
+        model = train.compiled("sknet", size, channels=3 if time_channels else 1)
+        drawn = training_stream(data, size, batch, time_channels, "on_the_fly")
+        streams = {"in_memory": train.in_memory(drawn, train.epoch_batches(data, batch)), "on_the_fly": drawn,
+                   "on_the_fly_stroke_augment": training_stream(data, size, batch, time_channels, "on_the_fly",
+                                                                stroke_augment=True)}
+        if not time_channels:
+            streams["stored"] = training_stream(data, size, batch, False, "stored")
+        rounds: dict = {key: [] for key in streams}
+        for _ in range(ROUNDS):  # alternate, keep the best round of each: other processes' load is noise
+            for key, dataset in streams.items():
+                rounds[key].append(train.seconds_per_step(model, dataset, steps))
+        best = {key: min(times) for key, times in rounds.items()}
+        alone = {key: train.pipeline_images_per_second(dataset, batches=20)
+                 for key, dataset in streams.items() if key != "in_memory"}
+        row = {"model": "sknet", "image_size": size, "time_channels": time_channels, "batch": batch, "steps": steps,
+               "rounds": ROUNDS, "seconds_per_step": {k: round(v, 4) for k, v in best.items()},
+               "median_seconds_per_step": {k: round(float(np.median(v)), 4) for k, v in rounds.items()},
+               "cost": {k: round(best[k] / best["in_memory"] - 1, 4) for k in alone},
+               "alone_images_per_second": {k: round(v, 1) for k, v in alone.items()},
+               "cpu_share_bound": {k: round(batch / v / best["in_memory"], 4) for k, v in alone.items()}}
+        results["steps"].append(row)
+        print(f"sknet {size} px{' (time channels)' if time_channels else ''}: in memory "
+              f"{best['in_memory'] * 1000:.0f} ms/step; " + "; ".join(
+                  f"{k} {best[k] * 1000:.0f} ms ({row['cost'][k]:+.1%}, alone {alone[k]:,.0f} img/s, "
+                  f"CPU bound {row['cpu_share_bound'][k]:.1%})" for k in alone), flush=True)
+
+
 def main() -> None:
-    results = {"machine": describe_machine(), "batch_size": BATCH, "rows": []}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "rate", "steps"), default="all",
+                        help="rate: images/s against stored images; steps: cost in a training step")
+    part = parser.parse_args().part
+    results_file = RESULTS / "render_pipeline.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() and part != "all" else {}
+    results.update({"machine": describe_machine(), "batch_size": BATCH})
     print(results["machine"])
     with tempfile.TemporaryDirectory() as tmp:
-        both, strokes = build(pathlib.Path(tmp) / "both", "both"), build(pathlib.Path(tmp) / "strokes", "strokes")
-        results["storage"] = tfrecords.read_dataset_info(strokes)["storage"]
-        results["shard_bytes"] = {name: sum(p.stat().st_size for p in d.glob("*.tfrecord"))
-                                  for name, d in (("both", both), ("strokes", strokes))}
-        baseline = images_per_second(stream(both), STORED_IMAGES)
-        results["stored_28_images_per_s"] = round(baseline)
-        print(f"stored 28 px images: {baseline:,.0f} img/s; shard bytes {results['shard_bytes']}")
-        print(f"{'size':>5} {'time channels':>14} {'drawn img/s':>12} {'x stored':>9}")
-        for size, count in DRAWN_IMAGES.items():
-            for time_channels in (False, True):
-                rate = images_per_second(stream(strokes, image_size=size, time_channels=time_channels), count)
-                results["rows"].append({"image_size": size, "time_channels": time_channels,
-                                        "images_per_s": round(rate), "ratio_to_stored": round(rate / baseline, 3)})
-                print(f"{size:>5} {str(time_channels):>14} {rate:>12,.0f} {rate / baseline:>9.3f}")
+        if part in ("all", "rate"):
+            results["rows"] = []
+            drawing_rates(pathlib.Path(tmp), results)
+        if part in ("all", "steps"):
+            results["steps"] = []
+            step_costs(pathlib.Path(tmp), results)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "render_pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

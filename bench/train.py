@@ -49,11 +49,11 @@ STEPS = {28: 12, 64: 8, 128: 4}
 ROUNDS = 6
 
 
-def compiled(name: str, size: int) -> keras.Model | None:
+def compiled(name: str, size: int, channels: int = 1) -> keras.Model | None:
     """The model with the default recipe's optimizer and loss; None when it does not take `size`."""
     keras.utils.set_random_seed(0)
     try:
-        model = models.build_model(name, input_size=size, channels=1, num_classes=NUM_CLASSES)
+        model = models.build_model(name, input_size=size, channels=channels, num_classes=NUM_CLASSES)
     except ValueError:
         return None
     model.compile(optimizer=trainer.make_optimizer(TrainConfig(), total_steps=1000),
