@@ -407,6 +407,11 @@ class TrainConfig:
                       "<model_dir>/checkpoints if any; a .keras or .weights.h5 path starts from those weights "
                       "instead. evaluate/test/export: empty or 'last' (latest checkpoint), 'best' "
                       "(<model_dir>/best.keras), or a path.")
+    init_from: str = field("", "train, fresh runs only: start every layer the new model shares with another "
+                           "model (same name and weight shapes; a classifier's `features` fills an embedding "
+                           "network's `fc`) from a run folder of this tool (its latest checkpoint) or a .keras "
+                           "file, e.g. a Quick, Draw! classifier for a Sketchy embedding; the head keeps fresh "
+                           "weights where it differs. Another trunk or image size is refused.")
     bn_recalibration: int = field(20, "Batches of training images (not augmented) over which batch-norm "
                                   "moving statistics are re-estimated before each validation and checkpoint "
                                   "(precise BN); 0 keeps Keras' moving averages, which lag in short runs.")

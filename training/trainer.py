@@ -33,7 +33,7 @@ from data_prep.atomic_files import write_json_atomic
 from models.embedding import PROXY_LOSSES
 from serving import tflite
 from training import callbacks as cb
-from training import folds, presets, tasks
+from training import folds, presets, tasks, warm_start
 from training.checkpoints import CheckpointError, CheckpointStore, ensure_optimizer_built, recorded_problem
 from training.strategy import StrategyInfo, make_strategy
 
@@ -412,16 +412,51 @@ def _check_recorded(path: pathlib.Path, what: str) -> None:
                         "the checkpoints folder).")
 
 
-def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str) -> str:
-    """Resume from the latest checkpoint, else load -ckpt weights, else keep the fresh ones."""
+def load_source_model(init_from: str) -> tuple[keras.Model, str]:
+    """The model -init_from names: a run folder's model with its latest checkpoint, or a .keras file."""
+    path = pathlib.Path(init_from)
+    if path.is_dir():
+        if not (path / RUN_CONFIG_FILE).is_file():
+            raise ToolError(f"-init_from {init_from!r} is a folder without {RUN_CONFIG_FILE}: expected a run folder "
+                            "of train_sketch_net.py or a .keras file.")
+        try:
+            run, task = prepare_run(*resolve("", {"mode": "test", "model_dir": str(path)}))
+            model, source = load_weights_for(run, task)
+        except ToolError as e:
+            raise ToolError(f"-init_from {init_from!r}: {e}") from None
+        return model, f"run {init_from!r} ({run.model.model}, {pathlib.Path(source).name})"
+    if path.is_file() and path.name.endswith(".keras"):
+        _check_recorded(path, f"-init_from {init_from!r}")
+        try:
+            return keras.models.load_model(path, compile=False), repr(init_from)
+        except (OSError, ValueError, TypeError) as e:
+            raise ToolError(f"-init_from {init_from!r} cannot be read as a Keras model: {e}") from None
+    raise ToolError(f"-init_from {init_from!r} is neither a run folder nor a .keras file.")
+
+
+def _start_weights(model: keras.Model, store: CheckpointStore, ckpt: str, init_from: str = "") -> str:
+    """Resume from the latest checkpoint, else load -ckpt weights or -init_from layers, else keep the
+    fresh ones."""
     state = store.latest()
     if state is not None:
         store.restore(model, state)
         note = f"resuming from {state.file} (step {state.step}, epoch {state.epoch})"
-        return note + (f"; -ckpt {ckpt!r} ignored: the run already has checkpoints" if ckpt else "")
+        ignored = [f"-{name} {value!r}" for name, value in (("ckpt", ckpt), ("init_from", init_from)) if value]
+        return note + (f"; {' and '.join(ignored)} ignored: the run already has checkpoints" if ignored else "")
+    if ckpt and init_from:
+        raise ToolError("-ckpt and -init_from both name starting weights: give one (-ckpt for the same model, "
+                        "-init_from for the layers shared with another).")
     if ckpt:
         load_weights_file(model, ckpt)
         return f"starting from the weights of {ckpt}"
+    if init_from:
+        source, name = load_source_model(init_from)
+        try:
+            done = warm_start.copy_matching_layers(source, model, name)
+        except warm_start.WarmStartError as e:
+            raise ToolError(str(e)) from None
+        fresh = f"; fresh: {', '.join(done['kept_fresh'])}" if done["kept_fresh"] else ""
+        return f"starting from {len(done['copied'])} layers of {name}{fresh}"
     return "starting from fresh weights"
 
 
@@ -496,7 +531,7 @@ def _build(run: tasks.Run, task: tasks.Task, strategy: StrategyInfo, store: Chec
         model.compile(optimizer=make_optimizer(config, total), jit_compile=config.jit_compile, **task.compile_args(run))
         ensure_optimizer_built(model)
         try:
-            start_note = _start_weights(model, store, config.ckpt)
+            start_note = _start_weights(model, store, config.ckpt, config.init_from)
         except CheckpointError as e:
             raise ToolError(str(e)) from None
     return model, start_note
