@@ -7,8 +7,10 @@ skNet reads its stored images, stroke_rnn its strokes). Each model trains with t
 then reports test top-1/top-5 (evaluate), the leave-one-out L2 mAP of its `features` layer (test), and
 training examples per second (train_history.json's images_per_second, the mean over epochs after the first).
 STROKE_BENCH_RNN sets stroke_rnn's size: 'tutorial' (3 x 128 BiLSTMs) or 'small' (1 x 64, for 2 cores).
-Writes bench/results/stroke_rnn.json. Run: `python -m bench.stroke_rnn [MODEL ...]` (named models only:
-bench/results/stroke_rnn_<models>_<epochs>ep.json, so the full run's file stays whole).
+MODELS also holds skNet drawn on the fly with time channels (28 and 64 px) and skNet with raster-space
+against stroke-space augmentation, for the same side by side.
+Writes bench/results/stroke_rnn.json. Run: `python -m bench.stroke_rnn [MODEL ...]` (no names: sknet and
+stroke_rnn; named models: bench/results/stroke_rnn_<models>_<epochs>ep.json, so the full run's file stays whole).
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ EPOCHS = int(os.environ.get("STROKE_BENCH_EPOCHS", "8"))
 SEEDS = [int(s) for s in os.environ.get("STROKE_BENCH_SEEDS", "0,1").split(",")]
 RNN_SIZE = os.environ.get("STROKE_BENCH_RNN", "small")
 RNN_SIZES = {"tutorial": {}, "small": {"rnn_layers": 1, "rnn_units": 64}}
-MODELS = {"sknet": {"model": "sknet"}, "stroke_rnn": {"model": "stroke_rnn", **RNN_SIZES[RNN_SIZE]}}
+# Every entry reads the same data set. sknet_time*: drawn on the fly with stroke order and time in 3
+# channels (the Kaggle winners' input), at the stored 28 px and at 64 px; sknet_augment and
+# sknet_stroke_augment: raster-space -augment against stroke-space -stroke_augment, both at 28 px.
+MODELS = {"sknet": {"model": "sknet"}, "stroke_rnn": {"model": "stroke_rnn", **RNN_SIZES[RNN_SIZE]},
+          "sknet_time": {"model": "sknet", "render": "on_the_fly", "time_channels": True, "channels": 3},
+          "sknet_time_64": {"model": "sknet", "render": "on_the_fly", "time_channels": True, "channels": 3,
+                            "image_size": 64},
+          "sknet_augment": {"model": "sknet", "augment": True},
+          "sknet_stroke_augment": {"model": "sknet", "stroke_augment": True}}
 
 
 def build(out: pathlib.Path) -> pathlib.Path:
@@ -80,7 +90,7 @@ def summary(rows: list[dict], names: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(MODELS)
+    names = argv or ["sknet", "stroke_rnn"]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         print(f"unknown model(s) {unknown}; valid: {', '.join(MODELS)}", file=sys.stderr)
