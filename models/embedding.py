@@ -290,6 +290,8 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
         kwargs["shared_weights"] = config.shared_weights
     if model == "triplet":
         kwargs["proxies"] = config.loss in PROXY_LOSSES
+        if kwargs["proxies"]:
+            kwargs["proxy_lr_multiplier"] = config.proxy_lr_multiplier
     return kwargs
 
 

@@ -30,6 +30,7 @@ def build_triplet(
     bn_momentum: float = 0.9,
     dropout: float = 0.0,
     proxies: bool = False,
+    proxy_lr_multiplier: float = 1.0,
     name: str = "triplet",
 ) -> keras.Model:
     """Embedding network image -> `features` [embedding_dim] (unit norm when `l2_normalize`), then
@@ -42,4 +43,4 @@ def build_triplet(
         raise ValueError(f"Invalid value for argument `proxies` of model 'triplet'. Received: {proxies!r}. Expected True or False.")
     if not proxies:
         return network
-    return keras.Model(network.input, CosineProxies(num_classes, name=PROXY_LAYER)(network.output), name=name)
+    return keras.Model(network.input, CosineProxies(num_classes, proxy_lr_multiplier, name=PROXY_LAYER)(network.output), name=name)

@@ -134,3 +134,22 @@ def test_a_proxy_head_learns_clusters_it_cannot_see_pairs_of(make, tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(again.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6)
+
+
+def test_the_lr_multiplier_moves_the_proxies_that_many_times_further_under_adam():
+    """Same starting proxies and embeddings: one Adam step moves the used proxies (m x stored) m times as far."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(8, 6)).astype(np.float32), rng.integers(0, 4, 8)
+    start = rng.normal(size=(4, 6)).astype(np.float32)
+    moved = {}
+    for m in (1.0, 10.0):
+        layer = CosineProxies(4, lr_multiplier=m)
+        layer.build((None, 6))
+        layer.proxies.assign(start / m)
+        np.testing.assert_allclose(layer(x).numpy(), np_cosines(x, start), atol=1e-6)  # the scale changes nothing
+        optimizer = keras.optimizers.Adam(1e-3)
+        with tf.GradientTape() as tape:
+            loss = losses.proxy_anchor_loss(y, layer(x)).value
+        optimizer.apply_gradients(zip(tape.gradient(loss, [layer.proxies]), [layer.proxies]))
+        moved[m] = np.abs(layer.proxies.numpy() * m - start).max()
+    assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=1e-3)
