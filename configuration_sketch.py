@@ -345,8 +345,9 @@ class EmbeddingConfig:
     proxy_alpha: float = field(32.0, "proxy_anchor: scale alpha of the cosines (> 0; the authors' 32).")
     proxy_delta: float = field(0.1, "proxy_anchor: margin delta on the cosines (>= 0; the authors' 0.1).")
     temperature: float = field(0.05, "normalized_softmax: temperature of softmax(cos / temperature) (> 0).")
-    proxy_lr_multiplier: float = field(1.0, "Proxy losses: the class proxies learn this many times faster than "
-                                       "the network (> 0; the proxy-anchor authors use 100).")
+    proxy_lr_multiplier: float = field(-1.0, "Proxy losses: the class proxies learn this many times faster than "
+                                       "the network (> 0); -1 takes the loss's own, measured on real drawings "
+                                       "(BENCHMARKS.md): proxy_anchor 100 (the authors' value), normalized_softmax 1.")
     bits: int = field(64, "deephash code length in bits (16, 32, 64, 128).")
     quantization_weight: float = field(0.01, "deephash: weight lambda of the quantization loss ||sign(u) - u||^2 "
                                        "(a sum over bits: 0.1 outweighed the triplet term at 128 bits and cost "

@@ -7,8 +7,9 @@ On the real samples, all in one run:
   weights, contrastive pairs), triplet (P x K with 2 sketches + 2 photos per class) and the skNet
   classifier's `features` (trained on the sketches and photos of the same classes; L2 and cosine).
 - Quick, Draw! (sketch -> sketch): a seeded choice of `--quickdraw_classes` categories of the simplified
-  sample at 28 px; leave-one-out mAP over the test split of triplet embeddings and of the classifier's
-  `features`.
+  sample at 28 px; leave-one-out mAP over the test split of triplet embeddings, of the proxy losses'
+  embeddings (triplet model with -loss proxy_anchor and -loss normalized_softmax, same P x K batches)
+  and of the classifier's `features`.
 - Deep hashing on that Quick, Draw! set at 16, 32, 64 and 128 bits: Hamming mAP of the packed sign(u) codes
   against the L2 mAP of the float outputs u they come from, and the search time of both.
 Chance: the expected AP and precision@K of a random ranking, from each query's relevant count.
@@ -18,7 +19,7 @@ Every model has the skNet trunk and the same recipe and budget: `--epochs` x `--
 augmentation, batch-norm statistics re-estimated over 10 batches before each validation. Each run goes
 through training.trainer.run_mode, what train_sketch_net.py runs; the JSON records each run's flags.
 Writes bench/results/retrieval_quality.json. Run: `python -m bench.retrieval_quality` (about 15
-minutes on 2 cores).
+minutes on 2 cores); `--parts quickdraw` runs one part (sketchy, quickdraw, deephash).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ HEADLINE = ("map", "precision@10", "precision@100", "knn_accuracy@1", "instance_
 COMMON = {"batch_size": 64, "augment": False, "bn_recalibration": 10, "verbose": 0, "learning_rate": 1e-3,
           "optimizer": "adamw", "lr_schedule": "cosine"}
 TRIPLET = {"classes_per_batch": 16, "per_class": 4, "miner": "semi_hard"}
+PROXY_LOSSES = ("proxy_anchor", "normalized_softmax")  # on the triplet model, P x K batches, no miner
+PARTS = ("sketchy", "quickdraw", "deephash")
+QUICKDRAW_MODELS = ("classifier", "triplet", *PROXY_LOSSES)
 BITS = (16, 32, 64, 128)
 
 
@@ -190,8 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sketchy_classes", type=int, default=25)
     parser.add_argument("--quickdraw_classes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--quickdraw_models", default=",".join(QUICKDRAW_MODELS),
+                        help="comma-separated, of: " + ", ".join(QUICKDRAW_MODELS))
+    parser.add_argument("--proxy_lr_multiplier", type=float, default=None,
+                        help="-proxy_lr_multiplier of the proxy-loss runs (default: the flag's default)")
     parser.add_argument("--out", default=str(RESULTS / "retrieval_quality.json"))
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if set(parts) - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}; received {args.parts!r}")
+    if set(args.quickdraw_models.split(",")) - set(QUICKDRAW_MODELS):
+        parser.error(f"--quickdraw_models takes {', '.join(QUICKDRAW_MODELS)}; received {args.quickdraw_models!r}")
     tf.get_logger().setLevel("ERROR")  # repeated in-process fits make Keras warn about retracing
     budget = {"epochs": args.epochs, "steps_per_epoch": args.steps, "seed": args.seed}
     results: dict = {"machine": describe_machine(), "budget": {
@@ -200,43 +214,65 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="retrieval_quality_") as tmp_name:
         tmp = pathlib.Path(tmp_name)
-        sk_data, chosen = sketchy_subset(tmp, args.sketchy_classes, 32, args.seed)
         qd_data = quickdraw_set(tmp, args.quickdraw_classes, 28, args.seed)
-
-        sk: dict = {"data": {"classes": chosen, "image_size": 32, **split_counts(sk_data)}}
-        cls = train_and_test(sk_data, tmp / "sk_sknet", budget, {"model": "sknet"}, test=False)
-        sk["untrained_features"] = untrained_reports(sk_data, args.seed)
-        sk["classifier_features"] = {**classifier_reports(tmp / "sk_sknet"), "run": cls["run"]}
-        for name, values in (("siamese", {"model": "siamese", "batch_size": 32}),
-                             ("triplet", {"model": "triplet", **TRIPLET, "sketches_per_class": 2})):
-            report = train_and_test(sk_data, tmp / f"sk_{name}", budget, values)
-            sk[name] = {**headline(report), "run": report["run"]}
-            query_labels = np.load(tmp / f"sk_{name}" / "features_test.npz")["labels"]
-            gallery_labels = np.load(tmp / f"sk_{name}" / "features_test_gallery.npz")["labels"]
-        sk["chance"] = chance_report(query_labels, gallery_labels)
-        results["sketchy"] = sk
-        save(results, args.out, started)
-
-        qd: dict = {"data": {"classes": args.quickdraw_classes, "image_size": 28, **split_counts(qd_data)}}
-        cls = train_and_test(qd_data, tmp / "qd_sknet", budget, {"model": "sknet"}, test=False)
-        qd["untrained_features"] = untrained_reports(qd_data, args.seed)
-        qd["classifier_features"] = {**classifier_reports(tmp / "qd_sknet"), "run": cls["run"]}
-        report = train_and_test(qd_data, tmp / "qd_triplet", budget, {"model": "triplet", **TRIPLET})
-        qd["triplet"] = {**headline(report), "run": report["run"]}
-        qd["chance"] = chance_report(np.load(tmp / "qd_triplet" / "features_test.npz")["labels"])
-        results["quickdraw"] = qd
-        save(results, args.out, started)
-
-        hashing: dict = {}
-        for bits in BITS:
-            report = train_and_test(qd_data, tmp / f"qd_deephash{bits}", budget,
-                                    {"model": "deephash", "bits": bits, "classes_per_batch": 16, "per_class": 4})
-            hashing[str(bits)] = {"hamming_map": report["map"], "float_map": report["float_map"],
-                                  "search": report["search"], "run": report["run"]}
-        results["deephash_quickdraw"] = hashing
-        save(results, args.out, started)
+        if "sketchy" in parts:
+            sketchy_part(tmp, args, budget, results, started)
+        if "quickdraw" in parts:
+            quickdraw_part(tmp, qd_data, args, budget, results, started)
+        if "deephash" in parts:
+            deephash_part(tmp, qd_data, budget, results, started)
     print(format_tables(results))
     return 0
+
+
+def sketchy_part(tmp: pathlib.Path, args, budget: dict, results: dict, started: float) -> None:
+    """Sketch -> photo: siamese, triplet and classifier features on the Sketchy subset."""
+    sk_data, chosen = sketchy_subset(tmp, args.sketchy_classes, 32, args.seed)
+    sk: dict = {"data": {"classes": chosen, "image_size": 32, **split_counts(sk_data)}}
+    cls = train_and_test(sk_data, tmp / "sk_sknet", budget, {"model": "sknet"}, test=False)
+    sk["untrained_features"] = untrained_reports(sk_data, args.seed)
+    sk["classifier_features"] = {**classifier_reports(tmp / "sk_sknet"), "run": cls["run"]}
+    for name, values in (("siamese", {"model": "siamese", "batch_size": 32}),
+                         ("triplet", {"model": "triplet", **TRIPLET, "sketches_per_class": 2})):
+        report = train_and_test(sk_data, tmp / f"sk_{name}", budget, values)
+        sk[name] = {**headline(report), "run": report["run"]}
+        query_labels = np.load(tmp / f"sk_{name}" / "features_test.npz")["labels"]
+        gallery_labels = np.load(tmp / f"sk_{name}" / "features_test_gallery.npz")["labels"]
+    sk["chance"] = chance_report(query_labels, gallery_labels)
+    results["sketchy"] = sk
+    save(results, args.out, started)
+
+
+def quickdraw_part(tmp: pathlib.Path, qd_data: pathlib.Path, args, budget: dict, results: dict, started: float) -> None:
+    """Sketch -> sketch, leave-one-out: triplet, the proxy losses and classifier features."""
+    qd: dict = {"data": {"classes": args.quickdraw_classes, "image_size": 28, **split_counts(qd_data)}}
+    chosen = args.quickdraw_models.split(",")
+    qd["untrained_features"] = untrained_reports(qd_data, args.seed)
+    if "classifier" in chosen:
+        cls = train_and_test(qd_data, tmp / "qd_sknet", budget, {"model": "sknet"}, test=False)
+        qd["classifier_features"] = {**classifier_reports(tmp / "qd_sknet"), "run": cls["run"]}
+    proxy = {} if args.proxy_lr_multiplier is None else {"proxy_lr_multiplier": args.proxy_lr_multiplier}
+    runs = {"triplet": TRIPLET, **{loss: {"classes_per_batch": TRIPLET["classes_per_batch"],
+                                          "per_class": TRIPLET["per_class"], "loss": loss, **proxy}
+                                   for loss in PROXY_LOSSES}}
+    for name in (n for n in runs if n in chosen):
+        report = train_and_test(qd_data, tmp / f"qd_{name}", budget, {"model": "triplet", **runs[name]})
+        qd[name] = {**headline(report), "run": report["run"]}
+        qd["chance"] = chance_report(np.load(tmp / f"qd_{name}" / "features_test.npz")["labels"])
+    results["quickdraw"] = qd
+    save(results, args.out, started)
+
+
+def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, results: dict, started: float) -> None:
+    """Deep hashing at each code length on the Quick, Draw! set: Hamming against float mAP."""
+    hashing: dict = {}
+    for bits in BITS:
+        report = train_and_test(qd_data, tmp / f"qd_deephash{bits}", budget,
+                                {"model": "deephash", "bits": bits, "classes_per_batch": 16, "per_class": 4})
+        hashing[str(bits)] = {"hamming_map": report["map"], "float_map": report["float_map"],
+                              "search": report["search"], "run": report["run"]}
+    results["deephash_quickdraw"] = hashing
+    save(results, args.out, started)
 
 
 def split_counts(data: pathlib.Path) -> dict:
@@ -261,9 +297,10 @@ def format_tables(results: dict) -> str:
         if not part:
             continue
         lines.append(f"\n{data}: " + "  ".join(HEADLINE))
-        rows = [("chance", part["chance"])] + [(f"{who} skNet features ({m})", part[f"{who}_features"][m])
-                                               for who in ("untrained", "classifier") for m in ("l2", "cosine")]
-        rows += [(name, part[name]) for name in ("siamese", "triplet") if name in part]
+        rows = [("chance", part.get("chance", {}))] + [
+            (f"{who} skNet features ({m})", part[f"{who}_features"][m])
+            for who in ("untrained", "classifier") if f"{who}_features" in part for m in ("l2", "cosine")]
+        rows += [(name, part[name]) for name in ("siamese", "triplet", *PROXY_LOSSES) if name in part]
         for name, row in rows:
             lines.append(f"  {name:<34}" + "  ".join(cell(row.get(key)) for key in HEADLINE))
     for bits, row in results.get("deephash_quickdraw", {}).items():

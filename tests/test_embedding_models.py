@@ -8,6 +8,8 @@ subprocess of its own.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import pathlib
@@ -427,6 +429,11 @@ def test_a_proxy_loss_gives_triplet_a_proxy_head_and_branch_its_features(loss, e
     assert features.layers[-1].name == "features" and features.layers[-1] is model.get_layer("features")
     callbacks = [type(c) for c in models.loss_callbacks(made)]
     assert callbacks == ([losses.LogInvalidBatches] if loss == "proxy_anchor" else [])
+    assert model.get_layer(embedding.PROXY_LAYER).lr_multiplier == (100.0 if loss == "proxy_anchor" else 1.0)
+    chosen = models.builder_kwargs(dataclasses.replace(config, proxy_lr_multiplier=7.0), "triplet")
+    assert chosen["proxy_lr_multiplier"] == 7.0
+    with pytest.raises(ValueError, match="`proxy_lr_multiplier`. Received: 0.0"):
+        models.make_loss(dataclasses.replace(config, proxy_lr_multiplier=0.0), "triplet")
 
 
 def test_embedding_config_flags():
