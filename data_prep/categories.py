@@ -29,7 +29,8 @@ def is_safe_name(name: str) -> bool:
 
 
 def parse_list(spec: str, flag: str) -> int | list[str]:
-    """`N` -> the count N; `name,name` or `@file.txt` -> the names in their order.
+    """`N` -> the count N; `name,name` or `@file.txt` -> the names in their order (one a line; blank
+    lines and lines starting with '#', such as a list's citation, are skipped).
 
     `flag` names the option in errors: a list file that is missing or not UTF-8 text is a ValueError.
     """
@@ -45,4 +46,4 @@ def parse_list(spec: str, flag: str) -> int | list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"Invalid value for {flag}: list file {str(path)!r} is not UTF-8 text.") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]

@@ -383,3 +383,15 @@ def test_class_folder_names_are_normalised_or_counted_skips(sketchy_dir, tmp_pat
     assert info["skipped"] == {"bad_category_name": 50}
     assert info["records"] == {"read": 150, "written": 100, "skipped": 50, "over_quota": 0}
     assert info["skip_examples"]["bad_category_name"].startswith("'photo/ow\\\\l/")
+
+
+def test_the_literature_split_file_selects_its_21_categories_of_the_real_sample(sketchy_dir, tmp_path):
+    """data_prep/splits holds the zero-shot split of Yelamarthi et al. (2018); its citation lines are
+    comments, and every name it lists is a category folder of the real Sketchy sample."""
+    split = pathlib.Path(__file__).resolve().parents[1] / "data_prep" / "splits" / "sketchy_unseen_21_yelamarthi2018.txt"
+    listed = [line for line in split.read_text().splitlines() if line and not line.startswith("#")]
+    classes = sorted(p.name for p in (sketchy_dir / "photo").iterdir() if p.is_dir())
+    assert len(listed) == 21 and set(listed) <= set(classes)
+    assert sketchy.select_unseen(f"@{split}", classes, seed=0) == sorted(listed)
+    (tmp_path / "commented.txt").write_text("# a comment\n\ncabin\n  # another\nbat\n")
+    assert sketchy.select_unseen(f"@{tmp_path / 'commented.txt'}", classes, seed=0) == ["bat", "cabin"]
