@@ -137,6 +137,16 @@ def http_round_trips(url: str, drawings: list, repeats: int) -> tuple[list[float
     return round_trips, handlers
 
 
+def mouse_draw(page, strokes) -> None:
+    """Draw each stroke (page coordinates, [n, 2]) with the mouse: press, move through its points, release."""
+    for stroke in strokes:
+        page.mouse.move(*stroke[0])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(x, y)
+        page.mouse.up()
+
+
 def browser_latencies(url: str, drawings: list) -> list[float]:
     from playwright.sync_api import sync_playwright
 
@@ -155,13 +165,7 @@ def browser_latencies(url: str, drawings: list) -> list[float]:
             low, span = points.min(axis=0), max(float(np.ptp(points, axis=0).max()), 1.0)
             scale = (box["width"] - 20) / span
             before = page.evaluate("window.sketchApp.latencies.length")
-            for stroke in strokes:
-                xy = (stroke - low) * scale + (box["x"] + 10, box["y"] + 10)
-                page.mouse.move(*xy[0])
-                page.mouse.down()
-                for x, y in xy[1:]:
-                    page.mouse.move(x, y)
-                page.mouse.up()
+            mouse_draw(page, [(stroke - low) * scale + (box["x"] + 10, box["y"] + 10) for stroke in strokes])
             page.wait_for_function(
                 "n => { const a = window.sketchApp; const l = a.latencies.slice(-1)[0];"
                 " return a.latencies.length > n && l.final && l.points === a.drawing().reduce((k, s) => k + s[0].length, 0); }",

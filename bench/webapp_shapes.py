@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from bench.machine import describe_machine
-from bench.webapp import CHROMIUM, CHROMIUM_ARGS, RESULTS
+from bench.webapp import CHROMIUM, CHROMIUM_ARGS, RESULTS, mouse_draw
 
 GOAL_P95_MS = 150.0
 
@@ -72,12 +72,7 @@ def draw_and_read(page, strokes: list[np.ndarray]) -> tuple[str, float]:
     if page.is_enabled("#clear"):
         page.click("#clear")
     before = page.evaluate("window.sketchApp.updates")
-    for stroke in strokes:
-        page.mouse.move(*stroke[0])
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(x, y)
-        page.mouse.up()
+    mouse_draw(page, strokes)
     page.wait_for_function(
         "n => { const a = window.sketchApp; const l = a.latencies[a.latencies.length - 1];"
         " return a.updates > n && l && l.final && l.points === a.drawing().reduce((k, s) => k + s[0].length, 0); }",
