@@ -393,6 +393,8 @@ class TrainConfig:
     weight_decay: float = field(0.05, "Decoupled weight decay of adamw and sgd: each step scales weights by "
                                 "(1 - learning_rate * weight_decay); batch-norm and bias weights are exempt. "
                                 "0 disables; adam ignores it.")
+    label_smoothing: float = field(0.0, "Classifiers: label smoothing s of the cross-entropy (the label's target "
+                                   "1 - s + s / classes, every other class s / classes); 0 <= s < 1.")
     augment: bool = field(False, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
                           "never at evaluation. Off by default: on real Quick, Draw! drawings it cost test accuracy "
                           "at 104 steps and retrieval mAP at 312 (BENCHMARKS.md); worth trying for long runs on "

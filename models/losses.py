@@ -1,5 +1,6 @@
 """Metric-learning losses: contrastive, triplet (with online miners), deep hashing, and the proxy
-losses that see every class at every step (normalised softmax, proxy-anchor).
+losses that see every class at every step (normalised softmax, proxy-anchor); and the classifier's
+cross-entropy on integer labels with label smoothing.
 
 Two layers: pure functions returning `MinedLoss(value, valid)` for a training loop of
 one's own, and serializable `keras.losses.Loss` classes for `model.compile(loss=...)`
@@ -44,6 +45,7 @@ __all__ = [
     "MinedLoss",
     "NormalizedSoftmaxLoss",
     "ProxyAnchorLoss",
+    "SmoothedSparseCrossentropy",
     "TripletLoss",
     "contrastive_loss",
     "in_batch_contrastive_loss",
@@ -460,6 +462,31 @@ class ProxyAnchorLoss(_InBatchLoss):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "delta": self.delta}
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of logits [B, C] against integer labels [B] with label smoothing s: the target
+    puts 1 - s + s / C on the label and s / C on every other class (Szegedy et al. 2016). s = 0 is
+    Keras' SparseCategoricalCrossentropy(from_logits=True)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"Invalid value for -label_smoothing: {label_smoothing!r}. Expected a number in [0, 1).")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.convert_to_tensor(y_pred)
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        targets = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(targets, y_pred, from_logits=True,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 class MarginRamp(keras.callbacks.Callback):

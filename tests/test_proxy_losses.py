@@ -153,3 +153,22 @@ def test_the_lr_multiplier_moves_the_proxies_that_many_times_further_under_adam(
         optimizer.apply_gradients(zip(tape.gradient(loss, [layer.proxies]), [layer.proxies]))
         moved[m] = np.abs(layer.proxies.numpy() * m - start).max()
     assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=1e-3)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_smoothed_sparse_crossentropy_matches_a_loop_and_keras_at_zero(smoothing):
+    rng = np.random.default_rng(11)
+    logits, labels = rng.normal(size=(6, 5)) * 3, rng.integers(0, 5, 6)
+    expected = 0.0
+    for row, label in zip(logits, labels):
+        top = row.max()
+        log_softmax = row - top - math.log(sum(math.exp(v - top) for v in row))
+        target = [smoothing / 5 + (1 - smoothing if c == label else 0.0) for c in range(5)]
+        expected -= sum(t * lp for t, lp in zip(target, log_softmax))
+    got = losses.SmoothedSparseCrossentropy(smoothing)(labels, tf.constant(logits, tf.float32))
+    assert float(got) == pytest.approx(expected / 6, rel=1e-5)
+    if smoothing == 0.0:
+        plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, tf.constant(logits, tf.float32))
+        assert float(got) == pytest.approx(float(plain), rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        losses.SmoothedSparseCrossentropy(1.0)

@@ -75,3 +75,16 @@ def test_training_starts_from_a_classifier_run_or_its_keras_file(trained_bitmap_
         trainer.run_mode(*trainer.resolve("", {**triplet, "model_dir": str(tmp_path / "d"),
                                                "init_from": str(tmp_path / "cls"),
                                                "ckpt": str(tmp_path / "cls" / "best.keras")}))
+
+
+def test_label_smoothing_reaches_the_classifier_loss_and_a_bad_value_is_refused(quickdraw_28px, tmp_path):
+    """Not warm start, but the same run set-up: -label_smoothing is checked before training and used."""
+    from models.losses import SmoothedSparseCrossentropy
+
+    values = {"mode": "train", "data_path": str(quickdraw_28px), "model_dir": str(tmp_path / "run"), "model": "sknet"}
+    run, task = trainer.prepare_run(*trainer.resolve("", {**values, "label_smoothing": 0.1}))
+    loss = task.compile_args(run)["loss"]
+    assert isinstance(loss, SmoothedSparseCrossentropy) and loss.label_smoothing == 0.1
+    for bad in (-0.1, 1.0):
+        with pytest.raises(trainer.ToolError, match=r"Invalid value for -label_smoothing: .*Expected a number in \[0, 1\)"):
+            trainer.prepare_run(*trainer.resolve("", {**values, "model_dir": str(tmp_path / "bad"), "label_smoothing": bad}))

@@ -31,6 +31,7 @@ import models
 from configuration_sketch import CvConfig, StrokeRnnConfig
 from data_prep import stroke_sequences, tfrecords
 from data_prep.pipeline import load_split, render_plan
+from models.losses import SmoothedSparseCrossentropy
 from retrieval import metrics as retrieval_metrics
 from serving import classification_metrics, export, sequence_export
 from serving.features import save_features
@@ -49,6 +50,7 @@ class ClassificationTask(Task):
     monitor = ("val_accuracy", "max")
 
     def check(self, run: Run) -> None:
+        SmoothedSparseCrossentropy(run.train.label_smoothing)  # its argument check, before any training
         if not reads_strokes(run):
             return
         stroke_sequences.check_strokes(run.info, run.data_path)
@@ -68,7 +70,7 @@ class ClassificationTask(Task):
     def compile_args(self, run: Run) -> dict:
         top_k = min(5, len(run.class_names))
         return {
-            "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "loss": SmoothedSparseCrossentropy(run.train.label_smoothing),
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                         keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name="top5_accuracy")],
         }
