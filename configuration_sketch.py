@@ -88,7 +88,7 @@ class QuickDrawDownloadConfig:
 class PipelineConfig:
     """tf.data input pipeline defaults."""
 
-    batch_size: int = field(256, "Global batch size.")
+    batch_size: int = field(256, "Global batch size (image classifiers: 128 unless given; BENCHMARKS.md).")
     classifier_shuffle_buffer: int = field(
         10000, "Examples in the shuffle buffer of a classifier's training images; -shuffle_buffer is the "
         "metric-learning streams'.")
@@ -381,7 +381,7 @@ class TrainConfig:
     epochs: int = field(10, "Training epochs (an epoch is `steps_per_epoch` optimizer steps).")
     steps_per_epoch: int = field(0, "Optimizer steps per epoch; 0: one pass over the train split, "
                                  "ceil(examples / batch_size).")
-    learning_rate: float = field(1e-3, "Peak learning rate.")
+    learning_rate: float = field(1e-3, "Peak learning rate (image classifiers: 2e-3 unless given; BENCHMARKS.md).")
     lr_schedule: str = field("cosine", "constant, or cosine decay to 0 over all epochs (follows the optimizer "
                              "step, so a resumed run continues the curve).", choices=("constant", "cosine"))
     warmup_steps: int = field(-1, "Raise the learning rate linearly from 0 to -learning_rate over this many "
@@ -394,7 +394,8 @@ class TrainConfig:
                                 "(1 - learning_rate * weight_decay); batch-norm and bias weights are exempt. "
                                 "0 disables; adam ignores it.")
     label_smoothing: float = field(0.0, "Classifiers: label smoothing s of the cross-entropy (the label's target "
-                                   "1 - s + s / classes, every other class s / classes); 0 <= s < 1.")
+                                   "1 - s + s / classes, every other class s / classes); 0 <= s < 1. Image "
+                                   "classifiers: 0.1 unless given (BENCHMARKS.md).")
     augment: bool = field(False, "Augment training images (AugmentConfig: flips, affine, salt-and-pepper); "
                           "never at evaluation. Off by default: on real Quick, Draw! drawings it cost test accuracy "
                           "at 104 steps and retrieval mAP at 312 (BENCHMARKS.md); worth trying for long runs on "

@@ -217,6 +217,18 @@ def read_info(data_path: str) -> dict:
     return info
 
 
+def apply_recipe(configs: Mapping[type, Any], recipe: Mapping[type, Mapping[str, Any]], explicit: set[str]
+                 ) -> dict[type, Any]:
+    """The configs with a task's own defaults (Task.recipe) for every field the preset and the command
+    line left at its dataclass default."""
+    configs = dict(configs)
+    for cls, values in recipe.items():
+        chosen = {name: value for name, value in values.items() if name not in explicit}
+        if cls in configs and chosen:
+            configs[cls] = dataclasses.replace(configs[cls], **chosen)
+    return configs
+
+
 def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.Run, tasks.Task]:
     """Check the configs against model_dir and the data set; returns the Run and its Task."""
     train = configs[TrainConfig]
@@ -231,6 +243,9 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
         task = tasks.task_for_model(configs[ModelConfig].model)
     except ValueError as e:
         raise ToolError(f"-model: {e}") from None
+    if train.mode in ("train", "cv"):
+        configs = apply_recipe(configs, task.recipe(configs[ModelConfig].model), explicit)
+        train = configs[TrainConfig]
     info = read_info(train.data_path)
     cv = configs.get(CvConfig)
     if cv is not None and cv.fold:  # a cross-validation fold run: its splits are parts of the train split

@@ -99,6 +99,11 @@ class Task:
     train_split: str = "train"
     test_split: str = "test"
 
+    def recipe(self, model: str) -> dict[type, dict[str, Any]]:
+        """Training defaults of `model` under this task that differ from the dataclass defaults, by
+        config class; a preset or a flag still wins (trainer.apply_recipe)."""
+        return {}
+
     def check(self, run: Run) -> None:
         """Raise ValueError with a clear message for settings this task cannot train with."""
 
