@@ -34,7 +34,6 @@ from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
 from data_prep import quickdraw_build, tfrecords  # noqa: E402
 from data_prep.pipeline import load_split  # noqa: E402
-from training import trainer  # noqa: E402
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw" / "simplified"
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -65,12 +64,9 @@ def stream(data_dir: pathlib.Path, **kwargs):
 
 def training_stream(data_dir: pathlib.Path, size: int, batch: int, time_channels: bool, render: str,
                     stroke_augment: bool = False):
-    """The stream train_sketch_net.py fits on (classification task) for these flags."""
-    values = {"mode": "train", "data_path": str(data_dir), "model_dir": str(data_dir / "unused"),
-              "batch_size": batch, "image_size": size, "render": render, "time_channels": time_channels,
-              "channels": 3 if time_channels else 1, "stroke_augment": stroke_augment}
-    run, task = trainer.prepare_run(*trainer.resolve("", values))
-    return task.train_dataset(run, seed=0)
+    """The stream train_sketch_net.py fits on for these rendering flags (bench.train.pipeline_stream)."""
+    return train.pipeline_stream(data_dir, size, batch, render=render, time_channels=time_channels,
+                                 channels=3 if time_channels else 1, stroke_augment=stroke_augment)
 
 
 def drawing_rates(tmp: pathlib.Path, results: dict) -> None:

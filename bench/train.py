@@ -125,10 +125,10 @@ def build_data(out: pathlib.Path, size: int) -> pathlib.Path:
     return out / f"q{size}"
 
 
-def pipeline_stream(data_dir: pathlib.Path, size: int, batch: int, augment: bool) -> tf.data.Dataset:
-    """The training stream train_sketch_net.py feeds to fit (classification task)."""
+def pipeline_stream(data_dir: pathlib.Path, size: int, batch: int, augment: bool = False, **flags) -> tf.data.Dataset:
+    """The training stream train_sketch_net.py feeds to fit (classification task), with any other flags."""
     values = {"mode": "train", "data_path": str(data_dir), "model_dir": str(data_dir / "unused"),
-              "batch_size": batch, "augment": augment, "image_size": size}
+              "batch_size": batch, "augment": augment, "image_size": size, **flags}
     run, task = trainer.prepare_run(*trainer.resolve("", values))
     return task.train_dataset(run, seed=0)
 

@@ -76,34 +76,3 @@ def test_training_starts_from_a_classifier_run_or_its_keras_file(trained_bitmap_
                                                "init_from": str(tmp_path / "cls"),
                                                "ckpt": str(tmp_path / "cls" / "best.keras")}))
 
-
-def test_label_smoothing_reaches_the_classifier_loss_and_a_bad_value_is_refused(quickdraw_28px, tmp_path):
-    """Not warm start, but the same run set-up: -label_smoothing is checked before training and used."""
-    from models.losses import SmoothedSparseCrossentropy
-
-    values = {"mode": "train", "data_path": str(quickdraw_28px), "model_dir": str(tmp_path / "run"), "model": "sknet"}
-    run, task = trainer.prepare_run(*trainer.resolve("", {**values, "label_smoothing": 0.1}))
-    loss = task.compile_args(run)["loss"]
-    assert isinstance(loss, SmoothedSparseCrossentropy) and loss.label_smoothing == 0.1
-    for bad in (-0.1, 1.0):
-        with pytest.raises(trainer.ToolError, match=r"Invalid value for -label_smoothing: .*Expected a number in \[0, 1\)"):
-            trainer.prepare_run(*trainer.resolve("", {**values, "model_dir": str(tmp_path / "bad"), "label_smoothing": bad}))
-
-
-def test_image_classifiers_take_their_measured_recipe_and_flags_still_win(quickdraw_28px, tmp_path):
-    """Task.recipe: batch 128, peak rate 2e-3 and label smoothing 0.1 for the CNN classifiers unless a flag
-    or preset says otherwise; metric learning and stroke_rnn keep the dataclass defaults."""
-    from configuration_sketch import PipelineConfig, TrainConfig
-
-    def settings(**values):
-        run, _ = trainer.prepare_run(*trainer.resolve(values.pop("preset", ""), {
-            "mode": "train", "data_path": str(quickdraw_28px), "model_dir": str(tmp_path / "run"), **values}))
-        return run.pipeline.batch_size, run.train.learning_rate, run.train.label_smoothing
-
-    assert settings(model="sknet") == (128, 2e-3, 0.1)
-    assert settings(model="skresnet", learning_rate=5e-4) == (128, 5e-4, 0.1)
-    assert settings(model="sknet", preset="smoke") == (16, 2e-3, 0.1)
-    defaults = (PipelineConfig().batch_size, TrainConfig().learning_rate, TrainConfig().label_smoothing)
-    assert defaults == (256, 1e-3, 0.0)
-    assert settings(model="triplet") == defaults
-    assert settings(model="stroke_rnn") == defaults
