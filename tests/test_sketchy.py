@@ -385,13 +385,16 @@ def test_class_folder_names_are_normalised_or_counted_skips(sketchy_dir, tmp_pat
     assert info["skip_examples"]["bad_category_name"].startswith("'photo/ow\\\\l/")
 
 
-def test_the_literature_split_file_selects_its_21_categories_of_the_real_sample(sketchy_dir, tmp_path):
-    """data_prep/splits holds the zero-shot split of Yelamarthi et al. (2018); its citation lines are
-    comments, and every name it lists is a category folder of the real Sketchy sample."""
-    split = pathlib.Path(__file__).resolve().parents[1] / "data_prep" / "splits" / "sketchy_unseen_21_yelamarthi2018.txt"
+@pytest.mark.parametrize("name, count", [("sketchy_unseen_21_yelamarthi2018.txt", 21),
+                                         ("sketchy_unseen_25_shen2018.txt", 25)])
+def test_the_literature_split_files_select_their_categories_of_the_real_sample(sketchy_dir, tmp_path, name, count):
+    """data_prep/splits holds the zero-shot splits of Yelamarthi et al. (2018, 21 classes) and Shen et
+    al. (2018, 25 classes); their citation lines are comments, and every name each lists is a category
+    folder of the real Sketchy sample."""
+    split = pathlib.Path(__file__).resolve().parents[1] / "data_prep" / "splits" / name
     listed = [line for line in split.read_text().splitlines() if line and not line.startswith("#")]
     classes = sorted(p.name for p in (sketchy_dir / "photo").iterdir() if p.is_dir())
-    assert len(listed) == 21 and set(listed) <= set(classes)
+    assert len(listed) == len(set(listed)) == count and set(listed) <= set(classes)
     assert sketchy.select_unseen(f"@{split}", classes, seed=0) == sorted(listed)
     (tmp_path / "commented.txt").write_text("# a comment\n\ncabin\n  # another\nbat\n")
     assert sketchy.select_unseen(f"@{tmp_path / 'commented.txt'}", classes, seed=0) == ["bat", "cabin"]
