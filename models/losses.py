@@ -510,3 +510,102 @@ class LogInvalidBatches(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["num_invalid_batches"] = int(self.loss.num_invalid_batches.numpy())
+
+
+# ---------------------------------------------------------------- visual-semantic embedding (DeViSE)
+
+
+def _class_vector_matrix(class_vectors, name: str = "class_vectors") -> tf.Tensor:
+    """float32 [C, D] class word vectors (unit rows expected), checked for rank and emptiness."""
+    matrix = tf.convert_to_tensor(class_vectors, tf.float32)
+    if matrix.shape.rank != 2 or (matrix.shape[0] is not None and matrix.shape[0] < 1):
+        raise ValueError(f"Invalid value for argument `{name}`. Received: shape {matrix.shape}. "
+                         "Expected a [C, D] matrix with C >= 1 (one word vector per class).")
+    return matrix
+
+
+def _labels_and_semantic(labels, embeddings, matrix: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    labels, embeddings = _labels_and_embeddings(labels, embeddings)
+    embeddings = tf.cast(embeddings, tf.float32)
+    if embeddings.shape[-1] is not None and matrix.shape[-1] is not None and embeddings.shape[-1] != matrix.shape[-1]:
+        raise ValueError(f"Dimensions differ: embeddings (y_pred) have {embeddings.shape[-1]} but the class vectors "
+                         f"have {matrix.shape[-1]}.")
+    return tf.cast(labels, tf.int32), embeddings
+
+
+def devise_hinge_per_example(labels, embeddings, class_vectors, margin: float = 0.1) -> tf.Tensor:
+    """DeViSE's hinge rank loss per example (Frome et al. 2013): with v the image's projected embedding
+    [B, D] and T the class word vectors [C, D] (unit rows),
+    loss_i = sum over classes j != y_i of max(0, margin - t_{y_i} . v_i + t_j . v_i). Returns [B]."""
+    _check_margin(margin)
+    matrix = _class_vector_matrix(class_vectors)
+    labels, embeddings = _labels_and_semantic(labels, embeddings, matrix)
+    scores = tf.matmul(embeddings, matrix, transpose_b=True)  # [B, C]
+    true = tf.gather(scores, labels, axis=1, batch_dims=1)[:, None]
+    hinge = tf.nn.relu(tf.constant(margin, tf.float32) - true + scores)
+    others = tf.logical_not(tf.one_hot(labels, tf.shape(matrix)[0], on_value=True, off_value=False))
+    return tf.reduce_sum(tf.where(others, hinge, tf.zeros_like(hinge)), axis=1)
+
+
+def devise_hinge_loss(labels, embeddings, class_vectors, margin: float = 0.1) -> tf.Tensor:
+    """`devise_hinge_per_example` averaged over the batch (0 for an empty batch)."""
+    per_example = devise_hinge_per_example(labels, embeddings, class_vectors, margin)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32))
+
+
+def cosine_regression_per_example(labels, embeddings, class_vectors) -> tf.Tensor:
+    """1 - cos(v_i, t_{y_i}) per example: the embedding regressed onto its class's word vector. Returns [B]."""
+    matrix = _class_vector_matrix(class_vectors)
+    labels, embeddings = _labels_and_semantic(labels, embeddings, matrix)
+    targets = tf.math.l2_normalize(tf.gather(matrix, labels), axis=1)
+    return 1.0 - tf.reduce_sum(tf.math.l2_normalize(embeddings, axis=1) * targets, axis=1)
+
+
+def cosine_regression_loss(labels, embeddings, class_vectors) -> tf.Tensor:
+    """`cosine_regression_per_example` averaged over the batch (0 for an empty batch)."""
+    per_example = cosine_regression_per_example(labels, embeddings, class_vectors)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32))
+
+
+class _SemanticLoss(keras.losses.Loss):
+    """Base of the visual-semantic losses: y_true labels [B] (row indices of `class_vectors`),
+    y_pred projected image embeddings [B, D]; the class word vectors [C, D] are held as a constant."""
+
+    def __init__(self, class_vectors, name: str, reduction: str = "sum_over_batch_size", dtype=None):
+        self.class_vectors = _class_vector_matrix(class_vectors)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "class_vectors": keras.ops.convert_to_numpy(self.class_vectors).tolist()}
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class DeViSEHingeLoss(_SemanticLoss):
+    """`devise_hinge_per_example` for compile (margin 0.1 as in DeViSE); Keras averages over the batch."""
+
+    def __init__(self, class_vectors, margin: float = 0.1, name: str = "devise_hinge_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        _check_margin(margin)
+        super().__init__(class_vectors, name=name, reduction=reduction, dtype=dtype)
+        self.margin = float(margin)
+
+    def call(self, y_true, y_pred):
+        return devise_hinge_per_example(y_true, y_pred, self.class_vectors, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class CosineRegressionLoss(_SemanticLoss):
+    """`cosine_regression_per_example` (1 - cos(v, t_y)) for compile; Keras averages over the batch."""
+
+    def __init__(self, class_vectors, name: str = "cosine_regression_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(class_vectors, name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return cosine_regression_per_example(y_true, y_pred, self.class_vectors)
+
+
+__all__ += ["CosineRegressionLoss", "DeViSEHingeLoss", "cosine_regression_loss", "devise_hinge_loss"]
