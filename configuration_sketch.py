@@ -268,6 +268,10 @@ class SketchyBuildConfig:
         "auto", "Image storage: raw (fastest to read), encoded (JPEG photos, PNG sketches: smallest) or "
         "auto (raw up to 128 px, encoded above; see BENCHMARKS.md).", choices=("auto", "raw", "encoded"))
     jpeg_quality: int = field(95, "JPEG quality of re-encoded photos (encoded storage).")
+    photo_edges: str = field(
+        "none", "Store photos as line drawings, so one sketch encoder sees both domains alike: canny (OpenCV "
+        "Canny on a smoothed grey image), gradient (Sobel magnitude thinned by non-maximum suppression) or "
+        "none (colour photos). See data_prep/edges.py and BENCHMARKS.md.", choices=("none", "canny", "gradient"))
     shards: int = field(8, "Shards per split.")
     workers: int = field(2, "Worker processes.")
     seed: int = field(0, "Seed of the train/test split and of the unseen-class choice.")
@@ -357,6 +361,25 @@ class EmbeddingConfig:
                                    "128-bit codes (BENCHMARKS.md); the default warm-up of -warmup_steps is the "
                                    "measured remedy.")
     margin_start: float = field(0.0, "deephash: margin at step 0 when margin_ramp_steps > 0 (0 <= margin_start <= margin).")
+
+
+@dataclasses.dataclass(frozen=True)
+class SemanticConfig:
+    """-model vse (models/vse.py, training/tasks/vse.py): a visual-semantic embedding in the DeViSE way
+    (Frome et al. 2013): an image trunk's `features`, projected linearly to the word vectors' dimension
+    and L2-normalised (`semantic`), trained towards its class name's word vector."""
+
+    word_vectors: str = field("", "vse: GloVe / fastText .vec / word2vec text file (plain or gzip) giving each class "
+                              "name its vector (data_prep/word_vectors.py); required to train vse.")
+    vse_trunk: str = field("sknet", "vse: the registered image model whose `features` layer is the trunk "
+                           "(sknet, skresnet, sketch_a_net, ...).")
+    vse_loss: str = field("hinge", "vse: hinge (DeViSE's hinge rank loss against every other seen class) or cosine "
+                          "(1 - cos to the class's vector).", choices=("hinge", "cosine"))
+    vse_margin: float = field(0.1, "vse: margin of the hinge rank loss (> 0; DeViSE's 0.1).")
+    allow_missing_vectors: bool = field(False, "vse: drop the classes whose name has no word vector (their training "
+                                        "records are left out, with a count) instead of refusing to train.")
+    vse_vocabulary: int = field(50000, "vse: the first N words of -word_vectors saved with the run (with every class "
+                                "name's words) for the exported embed_text endpoint.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -178,13 +178,16 @@ def encode_image(image: np.ndarray, domain: str, jpeg_quality: int) -> bytes:
 
 
 def stored_image(data: bytes, domain: str, image_size: int, channels: int, encoding: str,
-                 jpeg_quality: int) -> bytes | np.ndarray:
+                 jpeg_quality: int, transform=None) -> bytes | np.ndarray:
     """What the `image` feature holds for one source file: raw pixels or encoded bytes.
 
     Encoded storage keeps the original bytes when they already are an upright PNG or JPEG of the
     right size and channels (no second JPEG compression); otherwise the pixels are re-encoded.
+    `transform` (pixels -> pixels of the same channels, e.g. data_prep.edges) runs before the resize.
     """
     pixels, mode, fmt, turned = _decode(data, channels)
+    if transform is not None:
+        pixels = transform(pixels)
     resized = resize_square(pixels, image_size)
     if encoding == "raw":
         return np.ascontiguousarray(resized)

@@ -20,6 +20,7 @@ counted as skipped. Usage:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import random
 import re
@@ -27,7 +28,7 @@ import sys
 from typing import Any
 
 from configuration_sketch import SketchyBuildConfig
-from data_prep import builder, image_folder, shortfalls
+from data_prep import builder, edges, image_folder, shortfalls
 from data_prep.categories import NAME_RULE, is_safe_name, parse_list
 from data_prep.image_folder import (FolderDigest, UnitRecords, feature_specs, file_problem, read_file,
                                     record_bytes, stored_image, test_items)
@@ -209,11 +210,15 @@ def build_unit(unit: dict, staging: dict[str, pathlib.Path]) -> dict:
     digests = {tree: FolderDigest(category, d.relative_to(source).as_posix())
                for tree, d in (("photo", photo_dir), ("sketch", sketch_dir))}
 
+    method = unit.get("photo_edges", "none")
+    edge_transform = None if method == "none" else functools.partial(edges.edge_map, method=method)
+
     def image_of(path: pathlib.Path, domain: str):
         try:
             data = read_file(path)
             digests[domain].add(path.name, data)
-            return stored_image(data, domain, unit["image_size"], 3, unit["encoding"], unit["jpeg_quality"])
+            return stored_image(data, domain, unit["image_size"], 3, unit["encoding"], unit["jpeg_quality"],
+                                transform=edge_transform if domain == "photo" else None)
         except BadRecord as e:
             skips.skip(e.reason, path.relative_to(source).as_posix(), e.detail)
             return None
@@ -283,6 +288,7 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
     splits = ["train", "test"] + (["test_unseen"] if unseen else [])
     encoding = image_folder.resolve_encoding(config.encoding, config.image_size)
     common = {"source": str(source), "image_size": config.image_size, "encoding": encoding,
+              "photo_edges": edges.check_method(config.photo_edges),
               "jpeg_quality": config.jpeg_quality, "test_fraction": config.test_fraction,
               "seed": config.seed, "strict": config.strict}
     units = [{**common, "category": c, "label": i, "unseen": c in unseen,
@@ -301,6 +307,7 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
         loose = _loose_files(roots[tree], source)
         if loose:
             units.append({"strict": config.strict, "reason": "outside_category_folder", "files": loose})
+    photo_look = "colour" if config.photo_edges == "none" else f"as {config.photo_edges} edge maps"
     build_args = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("workers", "out", "strict", "allow_empty_classes")}
     build_args["source"] = str(source)
@@ -309,8 +316,9 @@ def build(config: SketchyBuildConfig, progress: bool = True) -> dict[str, Any]:
               for c in classes}
     info = {
         "name": "sketchy",
-        "description": f"The Sketchy database: photos (colour) and the sketches drawn from them, {config.image_size}"
-                       f"x{config.image_size}x3, {'raw uint8' if encoding == 'raw' else 'JPEG/PNG'}.",
+        "description": f"The Sketchy database: photos ({photo_look}) and the sketches drawn from them, "
+                       f"{config.image_size}x{config.image_size}x3, {'raw uint8' if encoding == 'raw' else 'JPEG/PNG'}.",
+        "photo_edges": config.photo_edges,
         "classes": classes,
         "num_seen_classes": len(classes) - len(unseen),
         "unseen_classes": unseen,
