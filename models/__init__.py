@@ -13,6 +13,7 @@ from models.sknet import build_sknet
 from models.skresnet import build_skresnet
 from models.stroke_rnn import build_stroke_rnn
 from models.triplet import build_triplet
+from models.vse import build_vse
 
 __all__ = [
     "branch",
@@ -25,6 +26,7 @@ __all__ = [
     "build_skresnet",
     "build_stroke_rnn",
     "build_triplet",
+    "build_vse",
     "builder_kwargs",
     "codes_from_outputs",
     "get_builder",

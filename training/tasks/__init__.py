@@ -219,6 +219,9 @@ def _register_builtin() -> None:
     from training.tasks.metric import MetricLearningTask
 
     register_task(MetricLearningTask())
+    from training.tasks.vse import VisualSemanticTask
+
+    register_task(VisualSemanticTask())
 
 
 _register_builtin()
