@@ -37,7 +37,9 @@ COMMANDS = ("evaluate", "index", "lookup", "features")
 
 
 def format_table(report: dict) -> str:
-    """The report as a small text table."""
+    """The report as a small text table, with the protocol line (every figure with its chance)."""
+    from retrieval.metrics import format_protocol
+
     ex = report["excluded_queries"]
     lines = [
         f"{report['mode'].replace('_', '-')} | metric {report['metric']} | {report['num_queries']} queries, "
@@ -49,6 +51,8 @@ def format_table(report: dict) -> str:
     ]
     for note in report["skipped_k"]:
         lines.append(f"K={note['k']} skipped: {note['reason']}")
+    if report.get("protocol"):
+        lines.append(f"protocol: {format_protocol(report['protocol'])}")
 
     def fmt(v):
         return "   n/a" if v is None else f"{v:.4f}"

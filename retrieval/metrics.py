@@ -19,6 +19,9 @@ of the first i items; rel(i) is 1 when the i-th item is relevant; hits(K) = #{j 
   is among the K nearest.
 - `chance`: the same figures for a uniformly random ranking, from the class counts (`chance`);
   `notes`: caveats, such as kNN accuracy@K with K larger than the classes.
+- `protocol`: the sketch-based retrieval papers' headline figures, each with its chance and its ratio
+  to chance (`protocol`, PROTOCOL): mAP@all, mAP@200, P@100, P@200 by category, and acc@1 / acc@10 of
+  each query's own gallery item where ids name one. Their cut-offs are always computed.
 
 Queries with R = 0 (leave-one-out: the only member of their class; query/gallery: no gallery
 item of their class) have no AP: they are excluded from every label-based mean and listed under
@@ -39,6 +42,9 @@ from retrieval.ranking import METRICS, PAIR_BYTES, TIE_RULE, Ranker, pack_codes 
 
 DEFAULT_MEMORY_BUDGET = 3 * 2**30
 DEFAULT_K = (1, 10, 100)
+PROTOCOL = (("mAP@all", "map"), ("mAP@200", "map@200"), ("P@100", "precision@100"), ("P@200", "precision@200"),
+            ("acc@1", "instance_accuracy@1"), ("acc@10", "instance_accuracy@10"))
+PROTOCOL_K = (1, 10, 100, 200)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 
@@ -151,6 +157,15 @@ def expected_random_ap(num_relevant: np.ndarray, candidates: int) -> np.ndarray:
     return (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n
 
 
+def expected_random_ap_at(num_relevant: np.ndarray, candidates: int, k: int) -> np.ndarray:
+    """E[AP@k] of a uniformly random ranking: (R/N H_k + R(R-1)/(N(N-1)) (k - H_k)) / min(k, R), from
+    E[P(i) rel(i)] = (R/N + (i-1) R(R-1)/(N(N-1))) / i; equals expected_random_ap at k = N."""
+    r = np.asarray(num_relevant, np.float64)
+    n, k = int(candidates), min(int(k), int(candidates))
+    harmonic = float(np.sum(1.0 / np.arange(1, k + 1)))
+    return (r / n * harmonic + r * (r - 1) / (n * max(n - 1, 1)) * (k - harmonic)) / np.minimum(k, r)
+
+
 def expected_random_hit(num_relevant: np.ndarray, candidates: int, k: int) -> np.ndarray:
     """P(at least one relevant item in the first k) of a random ranking: 1 - C(N-R, k) / C(N, k)."""
     r = np.asarray(num_relevant, np.float64)
@@ -163,7 +178,7 @@ def chance(query_labels, gallery_labels=None, ks=DEFAULT_K, *, instance: bool = 
     """What a uniformly random ranking scores on average, from the class counts alone (leave-one-out
     when `gallery_labels` is None), over the queries `evaluate` includes (R > 0): `map`,
     precision/recall/hit@K, `r_precision`, `knn_accuracy@1`, and with `instance` the
-    instance_accuracy@K of one target among the candidates. Keys as in the report."""
+    instance_accuracy@K of one target among the candidates, and map@K. Keys as in the report."""
     query_labels = np.asarray(query_labels)
     gallery = query_labels if gallery_labels is None else np.asarray(gallery_labels)
     values, counts = np.unique(gallery, return_counts=True)
@@ -178,12 +193,38 @@ def chance(query_labels, gallery_labels=None, ks=DEFAULT_K, *, instance: bool = 
     share = float(np.mean(relevant / n))
     out = {"map": float(expected_random_ap(relevant, n).mean()), "r_precision": share, "knn_accuracy@1": share}
     for k in (k for k in ks if k <= n):
+        out[f"map@{k}"] = float(expected_random_ap_at(relevant, n, k).mean())
         out[f"precision@{k}"] = share
         out[f"recall@{k}"] = k / n
         out[f"hit@{k}"] = float(expected_random_hit(relevant, n, k).mean())
         if instance:
             out[f"instance_accuracy@{k}"] = k / n
     return out
+
+
+def protocol(report: dict) -> dict:
+    """The PROTOCOL figures of an `evaluate` report: {name: {"key", "value", "chance", "x_chance"}};
+    a figure the report lacks (no instance ids, K above the gallery) is left out."""
+    chances = report.get("chance", {})
+    out = {}
+    for name, key in PROTOCOL:
+        value = report.get(key)
+        if value is None:
+            continue
+        base = chances.get(key)
+        out[name] = {"key": key, "value": value, "chance": base,
+                     "x_chance": round(value / base, 2) if base else None}
+    return out
+
+
+def format_protocol(figures: dict) -> str:
+    """One line: 'mAP@all 0.0812 (chance 0.0080, 10.1x) | ...', the way every report prints the protocol."""
+    def one(name: str, f: dict) -> str:
+        if f["chance"] is None:
+            return f"{name} {f['value']:.4f}"
+        return f"{name} {f['value']:.4f} (chance {f['chance']:.4f}, {f['x_chance']:.1f}x)"
+
+    return " | ".join(one(name, f) for name, f in figures.items())
 
 
 def knn_notes(query_labels, gallery_labels, ks) -> list[str]:
@@ -220,11 +261,12 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
         raise ValueError(f"Invalid value for argument `metric`. Received: {metric!r}. "
                          f"Expected one of {', '.join(METRICS)}.")
     budget = parse_bytes(memory_budget)
-    ks = parse_k(k)
+    asked = parse_k(k)
+    ks = tuple(sorted(set(asked) | set(PROTOCOL_K)))
     sets = _retrieval_sets(features, labels, gallery_features, gallery_labels, query_ids, gallery_ids,
                            binary=metric == "hamming")
     used_k = tuple(x for x in ks if x <= sets.candidates)
-    skipped_k = [x for x in ks if x > sets.candidates]
+    skipped_k = [x for x in asked if x > sets.candidates]
     targets = None
     if not sets.leave_one_out and sets.query_ids is not None and sets.gallery_ids is not None:
         targets = instance_targets(sets.query_ids, sets.gallery_ids)
@@ -236,6 +278,7 @@ def evaluate(features, labels, gallery_features=None, gallery_labels=None, *, qu
     finally:
         ranker.close()
     report = _report(sets, ranked, metric, used_k, skipped_k, targets, pr_points)
+    report["k"] = [x for x in asked if x <= sets.candidates]
     report["timing"] = {
         "seconds": round(time.perf_counter() - start_time, 4),
         "blocks": ranked.blocks,
@@ -409,6 +452,7 @@ def _report(sets: _Sets, ranked: _Ranked, metric: str, used_k, skipped_k, target
     gallery_labels = None if sets.leave_one_out else sets.gallery_labels
     report["chance"] = chance(sets.query_labels, gallery_labels, used_k, instance=targets is not None)
     report["notes"] = knn_notes(sets.query_labels, gallery_labels, used_k)
+    report["protocol"] = protocol(report)
     report["pr_curve"] = _pr_curve(ranked.rank_hist, ranked.recall_hist, n_eval, candidates, pr_points)
     return report
 

@@ -580,14 +580,18 @@ def test_chance_equals_the_average_over_every_random_placement():
     R relevant items among N candidates (an independent computation of the closed forms)."""
     import itertools
 
-    from retrieval.metrics import expected_random_ap, expected_random_hit
+    from retrieval.metrics import expected_random_ap, expected_random_ap_at, expected_random_hit
 
     for n, r in ((12, 3), (9, 1), (10, 10), (8, 5)):
-        aps, hits3, prec4 = [], [], []
+        aps, hits3, prec4, ap_at = [], [], [], {k: [] for k in (1, 4, 7, n)}
         for positions in itertools.combinations(range(1, n + 1), r):
             aps.append(np.mean([(j + 1) / rank for j, rank in enumerate(positions)]))
             hits3.append(float(positions[0] <= 3))
             prec4.append(sum(p <= 4 for p in positions) / 4)
+            for k in ap_at:
+                ap_at[k].append(sum((j + 1) / rank for j, rank in enumerate(positions) if rank <= k) / min(k, r))
+        for k, values in ap_at.items():
+            assert expected_random_ap_at(np.array([r]), n, k)[0] == pytest.approx(np.mean(values), rel=1e-12)
         assert expected_random_ap(np.array([r]), n)[0] == pytest.approx(np.mean(aps), rel=1e-12)
         assert expected_random_hit(np.array([r]), n, 3)[0] == pytest.approx(np.mean(hits3), rel=1e-12)
         assert r / n == pytest.approx(np.mean(prec4), rel=1e-12)
@@ -614,6 +618,37 @@ def test_report_gives_chance_and_random_features_score_it():
     cross = chance(np.array([0, 1, 1, 2]), gallery_labels, (1, 10), instance=True)
     assert cross["precision@10"] == pytest.approx((5 / 50 + 45 / 50 * 2) / 3)  # label 2: no gallery item, left out
     assert cross["instance_accuracy@10"] == pytest.approx(10 / 50)
+
+
+def test_protocol_reports_the_sbir_figures_with_chance_beside_each():
+    """Every report carries the SBIR protocol (mAP@all, mAP@200, P@100, P@200, instance acc@1/@10)
+    whatever K was asked, each with the chance of a random ranking; random features score near it,
+    and the one-line format prints every figure with its chance."""
+    from retrieval.metrics import expected_random_ap_at, format_protocol
+
+    rng = np.random.default_rng(3)
+    gallery_labels = np.repeat(np.arange(4), [100, 150, 200, 250])
+    query_labels = np.repeat(np.arange(4), 300)
+    gallery_ids = np.arange(700)
+    query_ids = rng.integers(0, 700, 1200)
+    report = evaluate(rng.standard_normal((1200, 8)).astype(np.float32), query_labels,
+                      rng.standard_normal((700, 8)).astype(np.float32), gallery_labels,
+                      query_ids=query_ids, gallery_ids=gallery_ids, k=(5,))
+    figures = report["protocol"]
+    assert list(figures) == ["mAP@all", "mAP@200", "P@100", "P@200", "acc@1", "acc@10"]
+    assert report["k"] == [5]  # the protocol's cut-offs are computed, the table shows what was asked
+    expected = np.mean([expected_random_ap_at(np.array([c]), 700, 200)[0] for c in (100, 150, 200, 250)])
+    assert figures["mAP@200"]["chance"] == pytest.approx(expected, rel=1e-9)
+    assert figures["P@200"]["chance"] == pytest.approx((100 + 150 + 200 + 250) / 4 / 700, rel=1e-9)
+    assert figures["acc@10"]["chance"] == pytest.approx(10 / 700)
+    for name, f in figures.items():
+        assert f["value"] == report[f["key"]]
+        assert abs(f["value"] - f["chance"]) < 0.03, name
+    line = format_protocol(figures)
+    assert line.startswith(f"mAP@all {report['map']:.4f} (chance {report['chance']['map']:.4f}, ")
+    assert line.count("chance") == 6
+    loo = evaluate(rng.standard_normal((60, 4)).astype(np.float32), np.repeat(np.arange(3), 20))
+    assert list(loo["protocol"]) == ["mAP@all"]  # 59 candidates: no @100/@200, no instance ids
 
 
 def test_knn_accuracy_beyond_the_class_size_carries_a_note():

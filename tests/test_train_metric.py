@@ -164,7 +164,8 @@ def test_triplet_on_quickdraw_trains_tests_and_exports(quickdraw_28px, tmp_path)
     info = json.loads((quickdraw_28px / "dataset_info.json").read_text())
     assert report["mode"] == "leave_one_out" and report["metric"] == "l2" and report["embedding"] == "float"
     assert report["num_queries"] == info["splits"]["test"]["num_examples"]
-    assert report["summary"].startswith("test: leave-one-out L2 mAP")
+    assert report["summary"].startswith(f"test: leave-one-out L2 over {report['num_queries']} queries: mAP@all "
+                                        f"{report['map']:.4f} (chance {report['chance']['map']:.4f}")
     queries, _ = check_report_matches_files(model_dir, report, binary=False)
     assert queries["features"].shape == (report["num_queries"], 32)
     np.testing.assert_allclose(np.linalg.norm(queries["features"], axis=1), 1.0, atol=1e-5)  # l2_normalize
@@ -231,7 +232,8 @@ def test_unshared_siamese_on_sketchy_embeds_sketches_and_photos_with_their_branc
                         "-pair_classes", "4", "-embedding_dim", "16")
     report = run_api(mode="test", model_dir=str(model_dir))
     per_domain = json.loads((sketchy_32px / "dataset_info.json").read_text())["per_domain"]["test"]
-    assert report["mode"] == "query_gallery" and report["summary"].startswith("test: sketch-to-photo L2 mAP")
+    assert report["mode"] == "query_gallery" and report["summary"].startswith("test: sketch-to-photo L2 over")
+    assert report["protocol"]["acc@10"]["chance"] == pytest.approx(10 / report["num_gallery"])
     assert (report["num_queries"], report["num_gallery"]) == (per_domain["sketch"], per_domain["photo"])
     assert report["instance_queries"] == per_domain["sketch"] and report["instance_excluded"] == 0
     queries, gallery = check_report_matches_files(model_dir, report, binary=False)
@@ -408,7 +410,9 @@ def test_classifier_on_sketchy_tests_with_item_ids_and_sketch_to_photo(sketchy_3
         saved["labels"][sketches:]))
     saved_cross = json.loads((model_dir / "similarity.json").read_text())["sketch_to_photo"]
     assert saved_cross.pop("chance") == pytest.approx(cross["chance"])  # approx takes one level of dict
-    assert saved_cross == pytest.approx({key: value for key, value in cross.items() if key != "chance"})
+    for name, figure in saved_cross.pop("protocol").items():
+        assert figure == pytest.approx(cross["protocol"][name])
+    assert saved_cross == pytest.approx({key: value for key, value in cross.items() if key not in ("chance", "protocol")})
 
 
 # ---------------------------------------------------------------- helpers
@@ -459,3 +463,34 @@ def test_search_times_rank_the_same_data_both_ways(monkeypatch):
     assert search["top_k"] == {"hamming_seconds": 0.0005, "l2_seconds": 0.0025, "l2_over_hamming": 5.0}
     # Both top-k searches ran over the whole gallery: 10 neighbours for each of the 300 queries.
     assert results[1][1].shape == results[3][1].shape == (300, 10)
+
+
+@pytest.mark.slow
+def test_classifier_on_edge_maps_reports_the_protocol_on_seen_and_unseen_classes(sketchy_dir, tmp_path):
+    """A Sketchy build with canny photo edge maps and 2 unseen classes: the classifier trains on the seen
+    ones and -mode test reports the sketch-to-photo protocol on test and on test_unseen, chance from the
+    unseen gallery's class counts (every unseen photo is in the gallery: 25 a class)."""
+    from configuration_sketch import SketchyBuildConfig
+    from data_prep import sketchy
+    from retrieval.metrics import expected_random_ap
+
+    source = tmp_path / "source"
+    for tree in ("photo", "sketch"):
+        (source / tree).mkdir(parents=True)
+        for category in SKETCHY_CATEGORIES[:6]:
+            (source / tree / category).symlink_to(sketchy_dir / tree / category, target_is_directory=True)
+    data = tmp_path / "edges"
+    unseen = SKETCHY_CATEGORIES[4:6]
+    sketchy.build(SketchyBuildConfig(source=str(source), out=str(data), image_size=SKETCHY_SIZE, shards=1,
+                                     workers=1, photo_edges="canny", unseen_classes=",".join(unseen)), progress=False)
+    model_dir = tmp_path / "sknet"
+    done = run_tool("-mode", "train", "-preset", "smoke", "-model", "sknet", "-data_path", str(data),
+                    "-model_dir", str(model_dir), "-bn_recalibration", "2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = run_api(mode="test", model_dir=str(model_dir))
+    seen, zero_shot = report["sketch_to_photo"]["protocol"], report["test_unseen"]["sketch_to_photo"]
+    assert set(seen) == {"mAP@all", "acc@1", "acc@10"}  # a gallery of fewer than 100 photos: no @100 / @200
+    counts = json.loads((data / "dataset_info.json").read_text())["per_domain"]["test_unseen"]
+    assert counts == {"sketch": counts["sketch"], "photo": 50}
+    assert zero_shot["num_gallery"] == 50 and zero_shot["protocol"]["acc@10"]["chance"] == pytest.approx(10 / 50)
+    assert zero_shot["protocol"]["mAP@all"]["chance"] == pytest.approx(float(expected_random_ap(np.array([25]), 50)[0]))

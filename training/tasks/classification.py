@@ -173,8 +173,12 @@ class ClassificationTask(Task):
         report["features_layer"] = FEATURES_LAYER
         report["id_feature"] = tfrecords.id_feature(run.info, tfrecords.feature_specs(run.info))
         if cross is not None:
-            # Sketch queries against the photos by L2 (category mAP, precision@K, instance acc@K).
+            # Sketch queries against the photos by L2 (the protocol: category mAP, P@K, instance acc@K),
+            # and on the zero-shot classes the training never saw, when the data set holds some.
             report["sketch_to_photo"] = metric.summary_of(metric.retrieval_report(cross))
+            if run.num_examples("test_unseen"):
+                unseen = metric.embed_split(run, network, "test_unseen")
+                report["test_unseen"] = {"sketch_to_photo": metric.summary_of(metric.retrieval_report(unseen))}
         return report
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:

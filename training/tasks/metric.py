@@ -258,8 +258,8 @@ def retrieval_report(embedded: Embedded, codes: bool = False, k: Sequence[int] =
 
 def summary_of(report: dict) -> dict:
     """The headline numbers of a retrieval report."""
-    return {key: report[key] for key in ("mode", "metric", "num_queries", "num_gallery", *SUMMARY_KEYS, "chance")
-            if key in report}
+    return {key: report[key] for key in ("mode", "metric", "num_queries", "num_gallery", *SUMMARY_KEYS, "chance",
+                                         "protocol") if key in report}
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -491,9 +491,11 @@ class MetricLearningTask(Task):
             (" Hamming" if codes else " L2")
         extra = (f" (float u: {report['float_map']:.4f}; exact Hamming ranking "
                  f"time: L2 / Hamming {report['search']['ranking']['l2_over_hamming']:.2f})") if codes else ""
-        chance = report.get("chance", {}).get("map")
-        report["summary"] = (f"test: {what} mAP {report['map']:.4f}" + (f" (chance {chance:.4f})" if chance else "")
-                             + f" over {report['num_queries']} queries{extra}")
+        report["summary"] = (f"test: {what} over {report['num_queries']} queries: "
+                             f"{retrieval_metrics.format_protocol(report['protocol'])}{extra}")
+        if "test_unseen" in report:
+            report["summary"] += (f"; unseen classes: "
+                                  f"{retrieval_metrics.format_protocol(report['test_unseen']['protocol'])}")
         return report
 
     def _write_features(self, run: Run, embedded: Embedded, codes: bool) -> dict:
