@@ -42,6 +42,30 @@ def test_another_image_size_or_trunk_is_refused_naming_both_sides():
         copy_matching_layers(classifier, resnet)
 
 
+@pytest.mark.parametrize("source_channels, target_channels", [(1, 3), (3, 1)])
+def test_grey_and_colour_models_warm_start_each_other_with_the_same_response_to_grey_images(
+        source_channels, target_channels):
+    """A Quick, Draw! (grey) trunk into a Sketchy (colour) model and back: the first convolution is
+    adapted so that a grey image (repeated into colour) gives the same features, layer for layer."""
+    import keras
+
+    source = randomised(models.build_model("sknet", input_size=28, channels=source_channels, num_classes=6))
+    target = models.build_model("sknet", input_size=28, channels=target_channels, num_classes=6)
+    done = copy_matching_layers(source, target)
+    assert "block1_1_conv" in done["copied"] and done["kept_fresh"] == []
+    grey = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
+
+    def features(model, channels):
+        net = keras.Model(model.inputs, model.get_layer("features").output)
+        return net(np.repeat(grey, channels, axis=3), training=False).numpy()
+
+    np.testing.assert_allclose(features(target, target_channels), features(source, source_channels), rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(WarmStartError, match=r"takes images of \(28, 28, 1\), the new model \(28, 28, 2\)"):
+        copy_matching_layers(models.build_model("sknet", input_size=28, channels=1, num_classes=6),
+                             models.build_model("sknet", input_size=28, channels=2, num_classes=6))
+
+
 def test_training_starts_from_a_classifier_run_or_its_keras_file(trained_bitmap_export, quickdraw_28px, tmp_path,
                                                                  capsys):
     common = {"mode": "train", "data_path": str(quickdraw_28px), "epochs": 1, "steps_per_epoch": 2, "verbose": 0,
