@@ -281,17 +281,20 @@ def describe_endpoints(kind: str, image_size: int, channels: int, num_classes: i
 def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | None, image_size: int,
                  channels: int, kind: str = "classifier", polarity: str = "as_is", raster: dict | None = None,
                  features_layer: str = "features", outputs_are_logits: bool | None = None,
-                 tflite: str | None = None) -> dict:
+                 tflite: str | None = None, extend=None) -> dict:
     """Write the SavedModel, the .keras file and model_meta.json (and model.tflite when `tflite` is
     'float32' or 'int8'); returns the meta dict. `polarity` is what the model was trained on
     (preprocess.TRAINED_POLARITIES; `training_polarity` measures it from training images).
-    `outputs_are_logits` None decides from the last layer (softmax: probabilities, else logits)."""
+    `outputs_are_logits` None decides from the last layer (softmax: probabilities, else logits).
+    `extend(servable, signatures)` may add endpoints before saving (serving.vse_export's text
+    endpoints); it returns meta entries: its 'endpoints' join the meta's, other keys are added."""
     import keras
     import tensorflow as tf
 
     servable, signatures, info = build_servable(
         model, kind=kind, class_names=class_names, image_size=image_size, channels=channels, polarity=polarity,
         features_layer=features_layer, outputs_are_logits=outputs_are_logits, raster=raster)
+    extra = dict(extend(servable, signatures)) if extend is not None else {}
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(servable, str(export_dir / SAVED_MODEL), signatures=signatures)
@@ -319,9 +322,11 @@ def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | N
         "serving_default": default,
         "endpoints": describe_endpoints(kind, image_size, channels, None if class_names is None else len(class_names),
                                         info["embedding_dim"], strokes=raster is not None),
+        **{key: value for key, value in extra.items() if key != "endpoints"},
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
+    meta["endpoints"].update(extra.get("endpoints", {}))
     if tflite:
         from serving import tflite as tflite_export
 
