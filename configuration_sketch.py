@@ -189,6 +189,8 @@ class EvalConfig:
     model: str = field("", "Exported model folder (train_sketch_net.py -mode export) for index, lookup and features.")
     index: str = field("", "Index folder; empty: beside the export (<run>/index for <run>/export, else <model>_index).")
     query: str = field("", "lookup: a sketch .png, or a .ndjson whose first drawing is rasterized.")
+    text: str = field("", "lookup: a text query (e.g. \"sea turtle\") instead of --query, for an index of a -model vse "
+                          "export (its embed_text endpoint).")
     grid: str = field("", "lookup: PNG grid of the query and its results; empty: <index>/lookups/<query stem>_lookup.png.")
     images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
     data_path: str = field("", "index: a data set folder (TFRecords and dataset_info.json) whose --split "
@@ -340,15 +342,17 @@ class EmbeddingConfig:
     loss: str = field("auto", "auto: siamese contrastive on pairs, triplet/deephash triplet loss; triplet "
                       "also takes the in-batch contrastive loss and the proxy losses, which train one learned "
                       "proxy per class beside the embedding and see every class at every step: proxy_anchor "
-                      "(Kim et al. 2020) and normalized_softmax (a cosine classifier).",
-                      choices=("auto", "triplet", "contrastive", "proxy_anchor", "normalized_softmax"))
+                      "(Kim et al. 2020), normalized_softmax (a cosine classifier) and softmax_triplet (that "
+                      "cosine classifier plus the triplet loss on the same embedding).",
+                      choices=("auto", "triplet", "contrastive", "proxy_anchor", "normalized_softmax",
+                               "softmax_triplet"))
     miner: str = field("auto", "Triplet miner (auto = semi_hard; batch_hard, batch_all) or in-batch "
                        "contrastive pair miner (auto/none = all pairs, hard_negative).",
                        choices=("auto", "batch_hard", "batch_all", "semi_hard", "hard_negative", "none"))
     margin: float = field(-1.0, "Loss margin (> 0); -1 takes the loss's own: triplet 0.2, contrastive 1.0, deephash 0.5.")
     proxy_alpha: float = field(32.0, "proxy_anchor: scale alpha of the cosines (> 0; the authors' 32).")
     proxy_delta: float = field(0.1, "proxy_anchor: margin delta on the cosines (>= 0; the authors' 0.1).")
-    temperature: float = field(0.05, "normalized_softmax: temperature of softmax(cos / temperature) (> 0).")
+    temperature: float = field(0.05, "normalized_softmax, softmax_triplet: temperature of softmax(cos / temperature) (> 0).")
     proxy_lr_multiplier: float = field(-1.0, "Proxy losses: the class proxies learn this many times faster than "
                                        "the network (> 0); -1 takes the loss's own, measured on real drawings "
                                        "(BENCHMARKS.md): proxy_anchor 100 (the authors' value), normalized_softmax 1.")

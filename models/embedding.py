@@ -51,10 +51,10 @@ SHARED_BRANCH = "embedding_net"
 DOMAIN_BRANCHES = {"sketch": "sketch_branch", "photo": "photo_branch"}
 # The layer of class proxies after `features` in a model trained with a proxy loss (see `branch`).
 PROXY_LAYER = "proxies"
-PROXY_LOSSES = ("proxy_anchor", "normalized_softmax")
+PROXY_LOSSES = ("proxy_anchor", "normalized_softmax", "softmax_triplet")
 # Proxy learning-rate multipliers at -proxy_lr_multiplier -1, from the 3-seed study in BENCHMARKS.md:
 # 100 gave proxy-anchor a higher mAP on every seed than 1; the cosine classifier did better at 1.
-DEFAULT_PROXY_LR_MULTIPLIERS = {"proxy_anchor": 100.0, "normalized_softmax": 1.0}
+DEFAULT_PROXY_LR_MULTIPLIERS = {"proxy_anchor": 100.0, "normalized_softmax": 1.0, "softmax_triplet": 1.0}
 # Margins used when the config leaves `margin` at AUTO_MARGIN: each loss's usual value.
 AUTO_MARGIN = -1.0
 DEFAULT_MARGINS = {"triplet": 0.2, "contrastive": 1.0, "deephash": 0.5}
@@ -295,6 +295,7 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
         kwargs["proxies"] = config.loss in PROXY_LOSSES
         if kwargs["proxies"]:
             kwargs["proxy_lr_multiplier"] = proxy_lr_multiplier(config)
+            kwargs["with_features"] = config.loss == "softmax_triplet"
     return kwargs
 
 
@@ -335,7 +336,9 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
     triplet: loss 'auto'/'triplet' -> TripletLoss (miner 'auto' = semi_hard, batch_hard, batch_all);
         'contrastive' -> in-batch ContrastiveLoss (miner 'auto'/'none' = all pairs, hard_negative);
         'proxy_anchor' -> ProxyAnchorLoss(proxy_alpha, proxy_delta), 'normalized_softmax' ->
-        NormalizedSoftmaxLoss(temperature), on the cosines of the model built with proxies=True.
+        NormalizedSoftmaxLoss(temperature), on the cosines of the model built with proxies=True;
+        'softmax_triplet' -> SoftmaxTripletLoss: the triplet loss (margin, miner) on `features` plus the
+        normalised softmax (temperature) on the cosines, the model giving both (with_features=True).
     deephash: loss 'auto'/'triplet' -> DeepHashLoss (triplet + quantization_weight * quantization
         loss, margin ramped from margin_start over margin_ramp_steps when > 0).
     A margin left at AUTO_MARGIN takes DEFAULT_MARGINS of the loss. Every value is checked here,
@@ -352,6 +355,13 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
     allowed_losses = ("auto", "triplet", "contrastive", *PROXY_LOSSES) if model == "triplet" else ("auto", "triplet")
     if loss not in allowed_losses:
         raise _choice_error("loss", loss, allowed_losses, f"for model {model!r}")
+    if loss == "softmax_triplet":
+        allowed = ("auto", *TRIPLET_MINERS)
+        if miner not in allowed:
+            raise _choice_error("miner", miner, allowed, "triplet miners")
+        proxy_lr_multiplier(config)
+        return losses.SoftmaxTripletLoss(config.embedding_dim, _margin(config, "triplet"),
+                                         AUTO_TRIPLET_MINER if miner == "auto" else miner, config.temperature)
     if loss in PROXY_LOSSES:
         if miner != "auto":
             raise _choice_error("miner", miner, ("auto",), f"loss {loss!r} uses every class's proxy, nothing to mine")
@@ -392,7 +402,8 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
 def loss_callbacks(loss: keras.losses.Loss) -> list[keras.callbacks.Callback]:
     """Callbacks a loss from `make_loss` needs in `fit`: the invalid-batch log and the margin ramp."""
     callbacks: list[keras.callbacks.Callback] = []
-    if isinstance(loss, (losses.TripletLoss, losses.ContrastiveLoss, losses.ProxyAnchorLoss)):  # and DeepHashLoss
+    if isinstance(loss, (losses.TripletLoss, losses.ContrastiveLoss, losses.ProxyAnchorLoss,
+                         losses.SoftmaxTripletLoss)):  # and DeepHashLoss
         callbacks.append(losses.LogInvalidBatches(loss))
     if isinstance(loss, losses.DeepHashLoss) and loss.margin_ramp_steps > 0:
         callbacks.append(losses.MarginRamp(loss))

@@ -46,6 +46,7 @@ __all__ = [
     "NormalizedSoftmaxLoss",
     "ProxyAnchorLoss",
     "SmoothedSparseCrossentropy",
+    "SoftmaxTripletLoss",
     "TripletLoss",
     "contrastive_loss",
     "in_batch_contrastive_loss",
@@ -54,6 +55,7 @@ __all__ = [
     "proxy_anchor_loss",
     "quantization_loss",
     "ramp_margin",
+    "softmax_triplet_loss",
     "triplet_loss",
 ]
 
@@ -199,6 +201,17 @@ def normalized_softmax_loss(labels, similarities, temperature: float = 0.05) -> 
     labels, similarities = _labels_and_similarities(labels, similarities)
     logits = similarities / tf.constant(temperature, similarities.dtype)
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def softmax_triplet_loss(labels, outputs, embedding_dim: int, margin: float = 0.2, miner: str = "semi_hard",
+                         temperature: float = 0.05, softmax_weight: float = 1.0) -> MinedLoss:
+    """Triplet loss on the embedding plus softmax_weight x normalised softmax on the cosines to the class
+    proxies, on one output [B, D + C] = [embedding, cosines]: the triplet term shapes the neighbourhoods
+    of the batch, the softmax term sees every class at every step. Valid when the triplet term is."""
+    embeddings, similarities = outputs[:, :embedding_dim], outputs[:, embedding_dim:]
+    triplet = triplet_loss(labels, embeddings, margin, miner)
+    softmax = normalized_softmax_loss(labels, similarities, temperature)
+    return MinedLoss(triplet.value + softmax_weight * softmax, triplet.valid)
 
 
 def _log1p_sum_exp(z: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -462,6 +475,36 @@ class ProxyAnchorLoss(_InBatchLoss):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "delta": self.delta}
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class SoftmaxTripletLoss(_InBatchLoss):
+    """`softmax_triplet_loss` for compile: y_true labels [B], y_pred [B, embedding_dim + C]."""
+
+    def __init__(self, embedding_dim: int, margin: float = 0.2, miner: str = "semi_hard", temperature: float = 0.05,
+                 softmax_weight: float = 1.0, name: str = "softmax_triplet_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"Invalid value for argument `embedding_dim`. Received: {embedding_dim!r}. "
+                             "Expected an integer >= 1.")
+        _check_margin(margin)
+        _check_choice(miner, tuple(TRIPLET_MINERS), "miner")
+        _check_margin(temperature, "temperature")
+        if isinstance(softmax_weight, bool) or not isinstance(softmax_weight, numbers.Real) or not (
+                math.isfinite(softmax_weight) and softmax_weight >= 0):
+            raise ValueError(f"Invalid value for argument `softmax_weight`. Received: {softmax_weight!r}. "
+                             "Expected a finite number >= 0.")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.embedding_dim, self.margin, self.miner = embedding_dim, float(margin), miner
+        self.temperature, self.softmax_weight = float(temperature), float(softmax_weight)
+
+    def compute(self, labels, outputs):
+        return softmax_triplet_loss(labels, outputs, self.embedding_dim, self.margin, self.miner, self.temperature,
+                                    self.softmax_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "embedding_dim": self.embedding_dim, "margin": self.margin,
+                "miner": self.miner, "temperature": self.temperature, "softmax_weight": self.softmax_weight}
 
 
 @keras.saving.register_keras_serializable(package="sketch")

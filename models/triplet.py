@@ -6,7 +6,9 @@ with `models.embedding.make_loss(config, "triplet")` (TripletLoss, or the in-bat
 on x = images, y = labels arranged P x K (see models/embedding.py for the layout). With
 `proxies=True` (the proxy losses) the model's training output is the cosines [B, num_classes] of
 `features` to one learned proxy per class (models.proxies.CosineProxies, layer `proxies`); without,
-`num_classes` is checked but unused. Either way `models.embedding.branch` gives image -> `features`.
+`num_classes` is checked but unused; with `with_features` too (-loss softmax_triplet) the output is
+[B, embedding_dim + num_classes]: `features` and those cosines side by side. Either way
+`models.embedding.branch` gives image -> `features`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def build_triplet(
     dropout: float = 0.0,
     proxies: bool = False,
     proxy_lr_multiplier: float = 1.0,
+    with_features: bool = False,
     name: str = "triplet",
 ) -> keras.Model:
     """Embedding network image -> `features` [embedding_dim] (unit norm when `l2_normalize`), then
@@ -43,4 +46,7 @@ def build_triplet(
         raise ValueError(f"Invalid value for argument `proxies` of model 'triplet'. Received: {proxies!r}. Expected True or False.")
     if not proxies:
         return network
-    return keras.Model(network.input, CosineProxies(num_classes, proxy_lr_multiplier, name=PROXY_LAYER)(network.output), name=name)
+    cosines = CosineProxies(num_classes, proxy_lr_multiplier, name=PROXY_LAYER)(network.output)
+    if with_features:
+        cosines = keras.layers.Concatenate(name="features_and_cosines")([network.output, cosines])
+    return keras.Model(network.input, cosines, name=name)

@@ -436,6 +436,24 @@ def test_a_proxy_loss_gives_triplet_a_proxy_head_and_branch_its_features(loss, e
         models.make_loss(dataclasses.replace(config, proxy_lr_multiplier=0.0), "triplet")
 
 
+def test_softmax_triplet_gives_features_and_cosines_side_by_side():
+    config = EmbeddingConfig(embedding_dim=16, loss="softmax_triplet", temperature=0.1, margin=0.3, miner="batch_hard")
+    made = models.make_loss(config, "triplet")
+    assert type(made) is losses.SoftmaxTripletLoss
+    assert {k: made.get_config()[k] for k in ("embedding_dim", "margin", "miner", "temperature")} == {
+        "embedding_dim": 16, "margin": 0.3, "miner": "batch_hard", "temperature": 0.1}
+    assert models.make_loss(dataclasses.replace(config, miner="auto"), "triplet").miner == "semi_hard"
+    model = build("triplet", **models.builder_kwargs(config, "triplet"))
+    assert model.output.shape[-1] == 16 + len(CATEGORIES)
+    features = models.branch(model, "sketch")
+    assert features.output.shape[-1] == 16 and features.layers[-1] is model.get_layer("features")
+    x = np.random.default_rng(0).random((3, *model.input.shape[1:])).astype(np.float32)
+    np.testing.assert_allclose(model(x)[:, :16], features(x), atol=1e-6)
+    assert [type(c) for c in models.loss_callbacks(made)] == [losses.LogInvalidBatches]
+    with pytest.raises(ValueError, match="`miner`"):
+        models.make_loss(dataclasses.replace(config, miner="hard_negative"), "triplet")
+
+
 def test_embedding_config_flags():
     values = flags.FlagValues()
     define_flags(EmbeddingConfig, values)

@@ -172,3 +172,33 @@ def test_smoothed_sparse_crossentropy_matches_a_loop_and_keras_at_zero(smoothing
         assert float(got) == pytest.approx(float(plain), rel=1e-5)
     with pytest.raises(ValueError, match="label_smoothing"):
         losses.SmoothedSparseCrossentropy(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("miner", ["semi_hard", "batch_hard"])
+def test_softmax_triplet_is_the_triplet_loop_plus_the_softmax_loop(seed, miner):
+    """One output [embedding (6), cosines (5)]: the triplet loop on the first part plus 0.5 x the
+    normalised-softmax loop on the second, as the Keras loss computes it."""
+    from tests.test_losses import np_triplet
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), 3)
+    embedding = rng.normal(size=(12, 6))
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    s = np.clip(rng.normal(0, 0.5, (12, 5)), -1, 1)
+    outputs = np.concatenate([embedding, s], axis=1)
+    expected = np_triplet(embedding, y, 0.2, miner)[0] + 0.5 * np_normalized_softmax(y, s, 0.1)
+    result = losses.softmax_triplet_loss(y, tf.constant(outputs, tf.float64), 6, 0.2, miner, 0.1, 0.5)
+    assert bool(result.valid) and float(result.value) == pytest.approx(expected, rel=1e-6)
+    loss = losses.SoftmaxTripletLoss(6, 0.2, miner, 0.1, 0.5)
+    assert float(loss(y, tf.constant(outputs, tf.float32))) == pytest.approx(expected, rel=1e-4)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is type(loss) and again.get_config() == loss.get_config()
+
+
+def test_softmax_triplet_arguments_are_one_line_errors():
+    for kwargs, name in (({"embedding_dim": 0}, "embedding_dim"), ({"embedding_dim": 4, "softmax_weight": -1.0},
+                                                                    "softmax_weight"),
+                         ({"embedding_dim": 4, "miner": "nope"}, "miner")):
+        with pytest.raises(ValueError, match=f"argument `{name}`"):
+            losses.SoftmaxTripletLoss(**kwargs)

@@ -185,14 +185,14 @@ def test_triplet_on_quickdraw_trains_tests_and_exports(quickdraw_28px, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["proxy_anchor", "normalized_softmax"])
+@pytest.mark.parametrize("loss", ["proxy_anchor", "normalized_softmax", "softmax_triplet"])
 def test_triplet_with_a_proxy_loss_trains_tests_and_exports_its_features(quickdraw_28px, tmp_path, loss):
     """The proxies train beside the embedding (2 replicas); test, evaluate and export use `features`."""
     model_dir = tmp_path / loss
     rows = train_in_subprocess(quickdraw_28px, model_dir, "-model", "triplet", "-classes_per_batch", "4",
                                "-per_class", "4", "-embedding_dim", "32", "-loss", loss)
     # proxy-anchor counts empty batches like the mined losses; normalised softmax has nothing to count
-    assert [row.get("num_invalid_batches") for row in rows] == [0 if loss == "proxy_anchor" else None] * 2
+    assert [row.get("num_invalid_batches") for row in rows] == [None if loss == "normalized_softmax" else 0] * 2
     info = json.loads((quickdraw_28px / "dataset_info.json").read_text())
     report = run_api(mode="test", model_dir=str(model_dir))
     assert report["num_queries"] == info["splits"]["test"]["num_examples"]
@@ -207,7 +207,8 @@ def test_triplet_with_a_proxy_loss_trains_tests_and_exports_its_features(quickdr
     model = keras.models.load_model(model_dir / "best.keras")  # the training model, proxies included
     proxies = model.get_layer("proxies")
     assert isinstance(proxies, CosineProxies) and tuple(proxies.proxies.shape) == (len(info["classes"]), 32)
-    assert model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, len(info["classes"]))
+    width = len(info["classes"]) + (32 if loss == "softmax_triplet" else 0)  # [features, cosines] side by side
+    assert model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, width)
     evaluated = run_api(mode="evaluate", model_dir=str(model_dir))
     assert np.isfinite(evaluated["loss"]) and evaluated["loss_batches"] >= 1
     assert evaluated["retrieval"]["map"] == pytest.approx(report["map"])
