@@ -6,6 +6,7 @@
         [--out INDEX] [--approximate none|ivf|hnsw] [--polarity auto|as_is|invert]
     python evaluate_similarity_lookup.py lookup --model EXPORTED [--index INDEX] --query sketch.png|drawing.ndjson
         [--k 10] [--grid out.png] [--polarity auto|as_is|invert]
+    python evaluate_similarity_lookup.py lookup --index INDEX --text "sea turtle"   (a -model vse export's index)
     python evaluate_similarity_lookup.py features --model EXPORTED --images DIR --out F.npz [--polarity ...]
 
 Images and drawings are embedded by the exported model's own endpoints (serving.model): image files
@@ -186,8 +187,12 @@ def run_lookup(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
     from retrieval.plots import plot_result_grid
     from serving.export import read_meta
 
+    if config.text:  # a text query for a visual-semantic (vse) model's index
+        from retrieval.text_lookup import run_text_lookup
+
+        return run_text_lookup(config, given)
     if not config.query:
-        raise ValueError("--query is required: a sketch image or an .ndjson drawing.")
+        raise ValueError("--query is required: a sketch image or an .ndjson drawing (or --text for a vse model).")
     if not config.model:
         raise ValueError("--model is required: an exported model folder (serving/export.py).")
     query = prepare_query(config.query, read_meta(config.model))  # bad input fails before the model loads

@@ -233,11 +233,16 @@ print(json.dumps({"embedding": text["embedding"].numpy().tolist(), "known": text
 """
 
 
-def test_vse_export_embeds_text_and_labels_images_in_a_fresh_process(trained_vse, tmp_path):
+@pytest.fixture(scope="module")
+def exported_vse(trained_vse) -> dict:
+    return run_api(mode="export", model_dir=str(trained_vse[0]))
+
+
+def test_vse_export_embeds_text_and_labels_images_in_a_fresh_process(trained_vse, exported_vse, tmp_path):
     from serving import vse_export
 
     model_dir, _ = trained_vse
-    meta = run_api(mode="export", model_dir=str(model_dir))
+    meta = exported_vse
     assert meta["kind"] == "embedding" and meta["embedding_dim"] == 8 and meta["text"]["dim"] == 8
     assert {"embed_text", "label_images", "embed_images"} <= set(meta["endpoints"])
     vocabulary = np.load(model_dir / "vocabulary.npz")
@@ -295,6 +300,30 @@ def test_text_embedder_matches_class_vectors_on_real_glove():
     np.testing.assert_allclose(out["embedding"].numpy(), matrix, atol=1e-5)
     missing = embedder.embed(np.array(info["missing"]))
     assert not any(missing["known"].numpy()) and not missing["embedding"].numpy().any()
+
+
+def test_lookup_text_searches_an_index_of_the_vse_export(trained_vse, exported_vse, sketchy_unseen, tmp_path):
+    model_dir, _ = trained_vse
+    tool = [sys.executable, str(ROOT / "evaluate_similarity_lookup.py")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    index_dir = tmp_path / "index"
+    done = subprocess.run([*tool, "index", "--model", str(model_dir / "export"), "--data_path", str(sketchy_unseen),
+                           "--split", "test_unseen", "--out", str(index_dir)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([*tool, "lookup", "--index", str(index_dir), "--text", "sea turtle", "--k", "5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("text 'sea turtle': 5 nearest of 100 (l2, none)")
+    # the ranking is the cosine ranking of the test_unseen features against the text's vector
+    assert len([line for line in lines if line.strip()[:1].isdigit()]) == 5
+    assert (index_dir / "lookups" / "text_sea_turtle_lookup.png").stat().st_size > 1000
+    done = subprocess.run([*tool, "lookup", "--index", str(index_dir), "--text", "zzqx blorp"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == ("evaluate_similarity_lookup lookup: no word of 'zzqx blorp' is in "
+                                                    "the model's vocabulary (11 words): nothing to search for.")
 
 
 # ---------------------------------------------------------------- bad input: one line before training
