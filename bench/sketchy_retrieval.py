@@ -1,0 +1,177 @@
+"""Sketch -> photo retrieval on the real Sketchy sample under the one protocol (issue 11), over seeds.
+
+Data: ../shared/data/sketchy (125 categories x 25 photos and 25 sketches, 128 px), built at 32 px with
+data_prep.sketchy (the photo-level split: no photo and its sketches in two splits) for each photo look
+(`--photo_edges`: colour photos, or canny / gradient edge maps) and each class split: `seen` (all 125
+categories, 20% of each category's photos held out with their sketches) and the zero-shot splits of
+the literature (data_prep/splits: Yelamarthi et al. 21 unseen, Shen et al. 25 unseen; reported on
+test_unseen, never trained on).
+
+Methods, at equal budget (`--epochs` passes of the seen training images, batches of 128 images):
+- `classifier`: skNet trained on sketches and photos (the image classifiers' default recipe); its
+  `features` layer (L2) embeds both domains;
+- `softmax_triplet`, `proxy_anchor`: the triplet model (skNet trunk, 128-d) with those losses on P x K
+  batches of 32 classes x (2 sketches + 2 photos);
+- `warm`: the classifier started from a skNet classifier trained first on Quick, Draw! (the simplified
+  sample, all 345 categories, 32 px, grey: -init_from adapts its first convolution to colour); the
+  Quick, Draw! run is not counted in the budget.
+Every run goes through train_sketch_net.py's run_mode (-mode train, then -mode test); the report keeps
+the protocol (retrieval.metrics.PROTOCOL: mAP@all, mAP@200, P@100, P@200, acc@1, acc@10, each with its
+chance) of test sketches against test photos, and on test_unseen for the zero-shot splits.
+Writes bench/results/sketchy_retrieval.json (updated after every run). Run:
+`python -m bench.sketchy_retrieval --part edges` (choose the photo look), `--part seen`, `--part zeroshot`
+(about 6 minutes a run on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import tf_startup  # before anything imports TensorFlow
+
+tf_startup.quiet()
+
+from bench.machine import describe_machine  # noqa: E402
+from configuration_sketch import QuickDrawBuildConfig, RasterConfig, SketchyBuildConfig  # noqa: E402
+from data_prep import quickdraw_build, sketchy  # noqa: E402
+from training import trainer  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+SIZE = 32
+SPLITS = {"seen": "", "unseen21": f"@{ROOT / 'data_prep/splits/sketchy_unseen_21_yelamarthi2018.txt'}",
+          "unseen25": f"@{ROOT / 'data_prep/splits/sketchy_unseen_25_shen2018.txt'}"}
+PK = {"model": "triplet", "classes_per_batch": 32, "per_class": 4, "sketches_per_class": 2, "embedding_dim": 128}
+METHODS = {
+    "classifier": {"model": "sknet"},
+    "softmax_triplet": {**PK, "loss": "softmax_triplet"},
+    "proxy_anchor": {**PK, "loss": "proxy_anchor"},
+    "warm": {"model": "sknet"},
+}
+PARTS = {
+    "edges": {"splits": ["seen"], "methods": ["classifier"], "photo_edges": ["none", "canny", "gradient"]},
+    "seen": {"splits": ["seen"], "methods": ["classifier", "softmax_triplet", "proxy_anchor", "warm"]},
+    "zeroshot": {"splits": ["unseen21", "unseen25"], "methods": ["classifier"]},
+}
+
+
+def build(cache: pathlib.Path, split: str, photo_edges: str) -> pathlib.Path:
+    out = cache / f"sketchy_{split}_{photo_edges}_{SIZE}px"
+    if not (out / "dataset_info.json").exists():
+        sketchy.build(SketchyBuildConfig(source=str(SHARED / "sketchy"), out=str(out), image_size=SIZE, shards=4,
+                                         workers=2, photo_edges=photo_edges, unseen_classes=SPLITS[split]),
+                      progress=False)
+    return out
+
+
+def quickdraw_classifier(cache: pathlib.Path, epochs: int) -> pathlib.Path:
+    """A skNet classifier of the 345 Quick, Draw! categories at SIZE px (the warm start's source)."""
+    data, run = cache / f"quickdraw_all_{SIZE}px", cache / f"quickdraw_sknet_{SIZE}px_{epochs}ep"
+    if not (data / "dataset_info.json").exists():
+        quickdraw_build.build(QuickDrawBuildConfig(source=str(SHARED / "quickdraw" / "simplified"), format="simplified",
+                                                   categories="all", train_per_class=20, test_per_class=5,
+                                                   out=str(data), shards=4, workers=2, seed=0),
+                              RasterConfig(image_size=SIZE), progress=False)
+    if not (run / "best.keras").exists():
+        trainer.run_mode(*trainer.resolve("", {"mode": "train", "model": "sknet", "data_path": str(data),
+                                               "model_dir": str(run), "epochs": epochs, "seed": 0, "verbose": 0}))
+    return run
+
+
+def protocol_of(report: dict) -> dict:
+    """{split: protocol} of a -mode test report, classifier or embedding model alike."""
+    seen = report.get("sketch_to_photo", report)
+    out = {"test": seen["protocol"]}
+    unseen = report.get("test_unseen")
+    if unseen:
+        out["test_unseen"] = unseen.get("sketch_to_photo", unseen)["protocol"]
+    return out
+
+
+def run_one(data: pathlib.Path, model_dir: pathlib.Path, method: str, seed: int, epochs: int,
+            init_from: pathlib.Path | None) -> dict:
+    values = {**METHODS[method], "mode": "train", "data_path": str(data), "model_dir": str(model_dir),
+              "epochs": epochs, "seed": seed, "verbose": 0}
+    if method == "warm":
+        values["init_from"] = str(init_from)
+    started = time.perf_counter()
+    summary = trainer.run_mode(*trainer.resolve("", values))
+    seconds = time.perf_counter() - started
+    report = trainer.run_mode(*trainer.resolve("", {"mode": "test", "model_dir": str(model_dir)}))
+    flags = " ".join(f"-{k} {v}" for k, v in values.items() if k not in ("mode", "data_path", "model_dir"))
+    return {"protocol": protocol_of(report), "train_seconds": round(seconds, 1), "steps": summary["final_step"],
+            "flags": flags}
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summarise(runs: dict) -> dict:
+    """Mean, sd, min and max over seeds of each figure and its multiple of chance."""
+    out: dict = {}
+    for key, seeds in runs.items():
+        first = next(iter(seeds.values()))["protocol"]
+        out[key] = {split: {name: {"value": spread([s["protocol"][split][name]["value"] for s in seeds.values()]),
+                                   "x_chance": spread([s["protocol"][split][name]["x_chance"] for s in seeds.values()]),
+                                   "chance": figure["chance"]}
+                            for name, figure in figures.items()}
+                    for split, figures in first.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=sorted(PARTS), required=True)
+    parser.add_argument("--photo_edges", default="canny", help="photo look of the seen and zeroshot parts")
+    parser.add_argument("--methods", default="", help="comma-separated subset of the part's methods")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--quickdraw_epochs", type=int, default=15)
+    parser.add_argument("--cache", default="/tmp/sketchy_retrieval_cache")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    part = PARTS[args.part]
+    methods = args.methods.split(",") if args.methods else part["methods"]
+    looks = part.get("photo_edges", [args.photo_edges])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cache = pathlib.Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(args.out or RESULTS / f"sketchy_retrieval_{args.part}.json")
+    results: dict = {"machine": describe_machine(), "part": args.part, "image_size": SIZE, "epochs": args.epochs,
+                     "seeds": seeds, "runs": {}}
+    if out.exists():  # resume: keep the runs already measured with the same budget
+        saved = json.loads(out.read_text())
+        if saved.get("epochs") == args.epochs:
+            results["runs"] = saved.get("runs", {})
+    init_from = quickdraw_classifier(cache, args.quickdraw_epochs) if "warm" in methods else None
+    started = time.perf_counter()
+    for split in part["splits"]:
+        for look in looks:
+            data = build(cache, split, look)
+            for method in methods:
+                key = f"{split}/{look}/{method}"
+                for seed in seeds:
+                    if str(seed) in results["runs"].get(key, {}):
+                        continue
+                    model_dir = cache / "runs" / f"{split}_{look}_{method}_{args.epochs}ep_seed{seed}"
+                    run = run_one(data, model_dir, method, seed, args.epochs, init_from)
+                    results["runs"].setdefault(key, {})[str(seed)] = run
+                    results["summary"] = summarise(results["runs"])
+                    results["seconds"] = round(time.perf_counter() - started, 1)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps(results, indent=2) + "\n")
+                    test = run["protocol"]["test_unseen" if split != "seen" else "test"]
+                    print(f"{key} seed {seed}: " + ", ".join(
+                        f"{name} {f['value']:.4f} ({f['x_chance']:.1f}x)" for name, f in test.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
