@@ -9,7 +9,7 @@ gives, mean ± sample std over the seeds, with chance beside each figure: zero-s
 unseen classes, seen-class top-1, generalised zero-shot harmonic mean, and text->image mAP on the seen
 test images and on the unseen ones. Writes bench/results/vse.json.
 
-    python -m bench.vse                          # 3 seeds, hinge, 300 steps: about 10 minutes on 2 cores
+    python -m bench.vse                          # 3 seeds, cosine (the default loss), 300 steps: about 10 minutes
     python -m bench.vse --losses hinge,cosine    # the loss comparison (twice as long)
     python -m bench.vse --steps 5 --seeds 0      # a smoke run (about a minute)
 """
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--losses", default="hinge", help="comma-separated: hinge, cosine")
+    parser.add_argument("--losses", default="cosine", help="comma-separated: cosine, hinge")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--work", default="/tmp/bench_vse", help="data set and run folders")
     parser.add_argument("--out", default=str(RESULTS / "vse.json"))
