@@ -193,6 +193,10 @@ class EvalConfig:
                           "export (its embed_text endpoint).")
     grid: str = field("", "lookup: PNG grid of the query and its results; empty: <index>/lookups/<query stem>_lookup.png.")
     images: str = field("", "index: a folder of images, one sub-folder per class, to embed and index.")
+    photo_edges: str = field(
+        "auto", "index --images: embed the images as line drawings, as the model's training photos were "
+        "(data_prep.edges): auto takes the export's model_meta photo_edges; none, canny or gradient. Pass "
+        "none for a folder of sketches.", choices=("auto", "none", "canny", "gradient"))
     data_path: str = field("", "index: a data set folder (TFRecords and dataset_info.json) whose --split "
                                "records are embedded and indexed with thumbnails; evaluate --plots: the data "
                                "set whose records give the example grid's drawings by id when the feature "

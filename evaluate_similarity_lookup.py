@@ -167,7 +167,12 @@ def run_index(config: cs.EvalConfig, given: frozenset = frozenset()) -> int:
                 index = index_dataset(model, config.data_path, config.split, polarity=config.polarity,
                                       progress=progress, **args)
             else:
-                index = index_image_folder(model, config.images, polarity=config.polarity, progress=progress, **args)
+                edges = meta.get("photo_edges", "none") if config.photo_edges == "auto" else config.photo_edges
+                if edges != "none":
+                    print(f"embedding the images as {edges} edge maps (--photo_edges; the model was trained on "
+                          f"{meta.get('photo_edges', 'none')} photos)")
+                index = index_image_folder(model, config.images, polarity=config.polarity, progress=progress,
+                                           photo_edges=edges, **args)
     else:
         index = index_feature_file(config.features, meta, **args)
     index.save(out)

@@ -12,6 +12,7 @@ defaults at the model's image size when it has none) and sent to the `images` en
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 import re
@@ -44,6 +45,20 @@ def encoded_image(path) -> bytes:
     if problem:
         raise QueryError(f"cannot read image {str(path)!r}: {problem[0]} ({problem[1]})")
     return data
+
+
+def photo_input(path, photo_edges: str = "none") -> bytes:
+    """encoded_image of a gallery file, or with `photo_edges` ('canny', 'gradient') the PNG of its
+    line drawing (data_prep.edges.edge_map at the file's own size), as the model's training photos were."""
+    data = encoded_image(path)
+    if photo_edges == "none":
+        return data
+    from data_prep import edges
+
+    drawing = edges.edge_map(np.asarray(display_image(path)), edges.check_method(photo_edges))
+    buffer = io.BytesIO()
+    Image.fromarray(drawing).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def display_image(path) -> Image.Image:
@@ -176,24 +191,27 @@ def list_image_folder(root) -> tuple[list[pathlib.Path], np.ndarray, list[str]]:
 
 
 def embed_files(model, paths, *, metric: str = "l2", polarity: str = "auto", batch_size: int = 64,
-                progress=None) -> np.ndarray:
+                progress=None, photo_edges: str = "none") -> np.ndarray:
     """Embeddings (N, D) float32, or packed codes (N, B) for `metric` 'hamming', of image files
-    through the model's `encoded` endpoint, in batches."""
+    through the model's `encoded` endpoint, in batches (as line drawings with `photo_edges`)."""
     out = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        out.append(index_vectors(run_encoded(model, [encoded_image(p) for p in chunk], chunk, polarity), metric))
+        data = [photo_input(p, photo_edges) for p in chunk]
+        out.append(index_vectors(run_encoded(model, data, chunk, polarity), metric))
         if progress is not None:
             progress(min(start + batch_size, len(paths)), len(paths))
     return np.concatenate(out)
 
 
 def index_image_folder(model, root, *, metric: str, polarity: str = "auto", approximate: str = "none",
-                       thumbnail_size: int = 64, model_dir: str = "", progress=None, **index_args) -> GalleryIndex:
-    """Embed every image of a class-folder tree and index it, with paths and thumbnails;
-    `progress(done, total)` after each batch."""
+                       thumbnail_size: int = 64, model_dir: str = "", progress=None, photo_edges: str = "none",
+                       **index_args) -> GalleryIndex:
+    """Embed every image of a class-folder tree and index it, with paths and thumbnails (of the
+    files as they are, also when `photo_edges` embeds their line drawings); `progress(done, total)`
+    after each batch."""
     paths, labels, classes = list_image_folder(root)
-    vectors = embed_files(model, paths, metric=metric, polarity=polarity, progress=progress)
+    vectors = embed_files(model, paths, metric=metric, polarity=polarity, progress=progress, photo_edges=photo_edges)
     thumbs = np.stack([thumbnail(p, thumbnail_size) for p in paths]) if thumbnail_size > 0 else None
     return build_index(vectors, labels, ids=[p.stem for p in paths], metric=metric, approximate=approximate,
                        class_names=classes, image_paths=[os.fspath(p.resolve()) for p in paths],

@@ -281,13 +281,15 @@ def describe_endpoints(kind: str, image_size: int, channels: int, num_classes: i
 def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | None, image_size: int,
                  channels: int, kind: str = "classifier", polarity: str = "as_is", raster: dict | None = None,
                  features_layer: str = "features", outputs_are_logits: bool | None = None,
-                 tflite: str | None = None, extend=None) -> dict:
+                 tflite: str | None = None, extend=None, photo_edges: str = "none") -> dict:
     """Write the SavedModel, the .keras file and model_meta.json (and model.tflite when `tflite` is
     'float32' or 'int8'); returns the meta dict. `polarity` is what the model was trained on
     (preprocess.TRAINED_POLARITIES; `training_polarity` measures it from training images).
     `outputs_are_logits` None decides from the last layer (softmax: probabilities, else logits).
     `extend(servable, signatures)` may add endpoints before saving (serving.vse_export's text
-    endpoints); it returns meta entries: its 'endpoints' join the meta's, other keys are added."""
+    endpoints); it returns meta entries: its 'endpoints' join the meta's, other keys are added.
+    `photo_edges` records how the training photos looked (data_prep.edges), so that a photo gallery
+    indexed later is turned into line drawings alike."""
     import keras
     import tensorflow as tf
 
@@ -317,6 +319,7 @@ def export_model(model: "keras.Model", export_dir, *, class_names: list[str] | N
             "polarity_policies": list(preprocess.POLICIES),
         },
         "raster": raster,
+        "photo_edges": photo_edges,
         "features_layer": features_layer if kind == "classifier" else None,
         "outputs_are_logits": info["outputs_are_logits"],
         "serving_default": default,

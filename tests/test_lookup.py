@@ -297,3 +297,60 @@ def test_index_and_lookup_errors_are_one_line_without_library_noise(tmp_path):
         assert result.returncode == 2
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and "missing" in lines[0], result.stderr
+
+
+def test_a_photo_folder_is_indexed_as_line_drawings_with_the_photos_as_thumbnails(sketchy_dir, tmp_path):
+    """index --images of real Sketchy photos for a model trained on canny edge maps: each photo is
+    embedded as its edge map (computed here from the file, sent as PNG), its thumbnail is the photo;
+    --photo_edges auto follows the export's model_meta, none sends the photos as they are."""
+    from data_prep import edges
+    from retrieval.lookup import display_image, thumbnail
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs))
+    keras_model = keras.Model(inputs, keras.layers.Dense(8, name="features")(x))
+    export = tmp_path / "export"
+    meta = export_model(keras_model, export, class_names=None, image_size=SIZE, channels=3, kind="embedding",
+                        photo_edges="canny")
+    assert meta["photo_edges"] == "canny"
+    model = serving_model.load(export)
+    root = tmp_path / "photos"
+    for name in ("apple", "cat"):
+        (root / name).mkdir(parents=True)
+        for path in sorted((sketchy_dir / "photo" / name).glob("*.jpg"))[:3]:
+            (root / name / path.name).symlink_to(path)
+    paths, _, _ = list_image_folder(root)
+
+    def png(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    drawings = [png(edges.edge_map(np.asarray(Image.open(p).convert("RGB")), "canny")) for p in paths]
+    expected = model.run("encoded", drawings, head="embed")["embedding"]
+    as_they_are = model.run("encoded", [p.read_bytes() for p in paths], head="embed")["embedding"]
+    index = index_image_folder(model, root, metric="l2", photo_edges="canny")
+
+    def vectors(gallery):
+        return gallery.index.reconstruct_n(0, len(gallery))
+
+    np.testing.assert_allclose(vectors(index), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(vectors(index) - as_they_are).max() > 1e-3
+    np.testing.assert_array_equal(index.thumbnails[0], thumbnail(paths[0], 64))
+    assert np.asarray(display_image(paths[0])).std() > 0  # a colour photo, not its drawing
+
+    import subprocess
+    import sys
+
+    from retrieval.index import load_index
+
+    for flag, want in (("auto", expected), ("none", as_they_are)):
+        out = tmp_path / f"index_{flag}"
+        result = subprocess.run([sys.executable, "evaluate_similarity_lookup.py", "index", "--model", str(export),
+                                 "--images", str(root), "--out", str(out), "--photo_edges", flag],
+                                cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert ("as canny edge maps" in result.stdout) == (flag == "auto")
+        np.testing.assert_allclose(vectors(load_index(out)), want, rtol=1e-5, atol=1e-5)

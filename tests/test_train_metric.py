@@ -495,3 +495,5 @@ def test_classifier_on_edge_maps_reports_the_protocol_on_seen_and_unseen_classes
     assert counts == {"sketch": counts["sketch"], "photo": 50}
     assert zero_shot["num_gallery"] == 50 and zero_shot["protocol"]["acc@10"]["chance"] == pytest.approx(10 / 50)
     assert zero_shot["protocol"]["mAP@all"]["chance"] == pytest.approx(float(expected_random_ap(np.array([25]), 50)[0]))
+    meta = run_api(mode="export", model_dir=str(model_dir))
+    assert meta["photo_edges"] == "canny"  # so that a photo gallery indexed later is drawn alike

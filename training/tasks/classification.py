@@ -190,7 +190,7 @@ class ClassificationTask(Task):
                                    image_size=run.model.image_size, channels=run.model.channels,
                                    kind="classifier", polarity=training_polarity(self, run),
                                    raster=trained_raster(run), features_layer=FEATURES_LAYER,
-                                   tflite=run.tflite)
+                                   tflite=run.tflite, photo_edges=run.info.get("photo_edges", "none"))
 
 
 def render_mode(run: Run) -> str:

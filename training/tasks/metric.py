@@ -519,7 +519,7 @@ class MetricLearningTask(Task):
         kind = "hash" if self._codes(run) else "embedding"
         common = dict(class_names=run.class_names, image_size=run.model.image_size, channels=run.model.channels,
                       kind=kind, polarity=training_polarity(self, run), raster=run.info.get("raster"),
-                      tflite=run.tflite)
+                      tflite=run.tflite, photo_edges=run.info.get("photo_edges", "none"))
         sketch = embedding.branch(model, "sketch")
         meta = export.export_model(sketch, export_dir, **common)
         photo = embedding.branch(model, "photo")
