@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, of: " + ", ".join(QUICKDRAW_MODELS))
     parser.add_argument("--proxy_lr_multiplier", type=float, default=None,
                         help="-proxy_lr_multiplier of the proxy-loss runs (default: the flag's default)")
+    parser.add_argument("--bits", default=",".join(map(str, BITS)), help="deephash code lengths, comma-separated")
     parser.add_argument("--out", default=str(RESULTS / "retrieval_quality.json"))
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if "quickdraw" in parts:
             quickdraw_part(tmp, qd_data, args, budget, results, started)
         if "deephash" in parts:
-            deephash_part(tmp, qd_data, budget, results, started)
+            deephash_part(tmp, qd_data, budget, results, started, [int(b) for b in args.bits.split(",")])
     print(format_tables(results))
     return 0
 
@@ -263,10 +264,11 @@ def quickdraw_part(tmp: pathlib.Path, qd_data: pathlib.Path, args, budget: dict,
     save(results, args.out, started)
 
 
-def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, results: dict, started: float) -> None:
+def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, results: dict, started: float,
+                  bits_list=BITS) -> None:
     """Deep hashing at each code length on the Quick, Draw! set: Hamming against float mAP."""
     hashing: dict = {}
-    for bits in BITS:
+    for bits in bits_list:
         report = train_and_test(qd_data, tmp / f"qd_deephash{bits}", budget,
                                 {"model": "deephash", "bits": bits, "classes_per_batch": 16, "per_class": 4})
         hashing[str(bits)] = {"hamming_map": report["map"], "float_map": report["float_map"],
