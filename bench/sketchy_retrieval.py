@@ -12,6 +12,8 @@ Methods, at equal budget (`--epochs` passes of the seen training images, batches
   `features` layer (L2) embeds both domains;
 - `softmax_triplet`, `proxy_anchor`: the triplet model (skNet trunk, 128-d) with those losses on P x K
   batches of 32 classes x (2 sketches + 2 photos);
+- `*_augment`: the same with -augment (flips, 5% shift / zoom / shear, 5 degrees; white fill, as sketches
+  and edge maps are drawn on white);
 - `warm`: the classifier started from a skNet classifier trained first on Quick, Draw! (the simplified
   sample, all 345 categories, 32 px, grey: -init_from adapts its first convolution to colour); the
   Quick, Draw! run is not counted in the budget.
@@ -52,6 +54,8 @@ METHODS = {
     "softmax_triplet": {**PK, "loss": "softmax_triplet"},
     "proxy_anchor": {**PK, "loss": "proxy_anchor"},
     "warm": {"model": "sknet"},
+    "classifier_augment": {"model": "sknet", "augment": True, "aug_fill_value": 1.0},
+    "softmax_triplet_augment": {**PK, "loss": "softmax_triplet", "augment": True, "aug_fill_value": 1.0},
 }
 PARTS = {
     "edges": {"splits": ["seen"], "methods": ["classifier"], "photo_edges": ["none", "canny", "gradient"]},

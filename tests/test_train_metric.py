@@ -497,3 +497,21 @@ def test_classifier_on_edge_maps_reports_the_protocol_on_seen_and_unseen_classes
     assert zero_shot["protocol"]["mAP@all"]["chance"] == pytest.approx(float(expected_random_ap(np.array([25]), 50)[0]))
     meta = run_api(mode="export", model_dir=str(model_dir))
     assert meta["photo_edges"] == "canny"  # so that a photo gallery indexed later is drawn alike
+
+
+def test_cross_domain_augmentation_is_flips_only_unless_photos_are_edge_maps(tmp_path):
+    """Colour photos fill the frame, so -augment on a sketch/photo set flips only; with the photos stored
+    as edge maps every image is a drawing on white and the affine transforms apply too."""
+    from configuration_sketch import AugmentConfig, ModelConfig, PipelineConfig, TrainConfig
+    from training.tasks import Run
+    from training.tasks.metric import MetricLearningTask
+
+    configs = {TrainConfig: TrainConfig(augment=True), ModelConfig: ModelConfig(), PipelineConfig: PipelineConfig(),
+               AugmentConfig: AugmentConfig(aug_fill_value=1.0)}
+    names = {}
+    for look in ("none", "canny"):
+        info = {"domains": ["sketch", "photo"], "features": {"domain_id": {}}, "photo_edges": look}
+        augmenter = MetricLearningTask()._augmenter(Run(configs, info, tmp_path))
+        names[look] = [layer.name for layer in augmenter.layers]
+    assert names["none"] == ["flip"]
+    assert {"flip", "rotate", "shear", "zoom", "translate"} <= set(names["canny"])

@@ -404,7 +404,9 @@ class MetricLearningTask(Task):
         if not run.train.augment:
             return None
         config = run.augment
-        if is_cross_domain(run.info):  # flips only: the affine fill and the noise assume a 0 background
+        if is_cross_domain(run.info) and run.info.get("photo_edges", "none") == "none":
+            # flips only: colour photos fill the frame, where the affine fill and the noise would show;
+            # with photos stored as edge maps every image is a drawing on white (-aug_fill_value 1)
             config = dataclasses.replace(config, aug_translate=0.0, aug_zoom=0.0, aug_rotation=0.0, aug_shear=0.0,
                                          aug_salt_pepper=0.0)
         return build_augmenter(config)
