@@ -41,15 +41,15 @@ FIGURES = (  # (label, path in similarity.json's `semantic`, key)
 )
 
 
-def build(out: pathlib.Path, image_size: int) -> pathlib.Path:
-    """The sample at `image_size` px with the 25 unseen classes, built once into `out`."""
+def build(out: pathlib.Path, image_size: int, photo_edges: str = "none") -> pathlib.Path:
+    """The sample at `image_size` px with the 25 unseen classes (photos as `photo_edges`), built once into `out`."""
     if (out / "dataset_info.json").is_file():
         return out
     from configuration_sketch import SketchyBuildConfig
     from data_prep import sketchy
 
     sketchy.build(SketchyBuildConfig(source=str(SOURCE), out=str(out), image_size=image_size, shards=4, workers=1,
-                                     unseen_classes=f"@{UNSEEN}"), progress=False)
+                                     unseen_classes=f"@{UNSEEN}", photo_edges=photo_edges), progress=False)
     return out
 
 
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--losses", default="cosine", help="comma-separated: cosine, hinge")
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--photo_edges", default="none", choices=("none", "canny", "gradient"),
+                        help="photo look of the build (data_prep.edges)")
     parser.add_argument("--work", default="/tmp/bench_vse", help="data set and run folders")
     parser.add_argument("--out", default=str(RESULTS / "vse.json"))
     args = parser.parse_args(argv)
@@ -112,16 +114,20 @@ def main(argv=None) -> int:
             raise SystemExit(f"bench.vse needs {needed}")
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = build(work / f"sketchy_{args.image_size}px_unseen25", args.image_size)
+    suffix = "" if args.photo_edges == "none" else f"_{args.photo_edges}"
+    data = build(work / f"sketchy_{args.image_size}px_unseen25{suffix}", args.image_size, args.photo_edges)
     runs = []
     for loss in args.losses.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            runs.append(one_run(data, work / f"runs_{args.steps}steps", loss, seed, args.steps, args.batch_size))
+            runs.append(one_run(data, work / f"runs_{args.steps}steps{suffix}", loss, seed, args.steps, args.batch_size))
             print(f"{loss} seed {seed}: trained in {runs[-1]['train_seconds']} s", flush=True)
     lines = table(runs)
     print("\n".join(lines))
     classes = runs[0]["semantic"]["classes"]
-    result = {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
+    from bench.machine import describe_machine
+
+    result = {"machine": describe_machine(), "photo_edges": args.photo_edges,
+              "steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
               "word_vectors": GLOVE.name, "unseen_split": UNSEEN.name, "classes": classes, "runs": runs,
               "table": lines}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
