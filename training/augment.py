@@ -102,6 +102,12 @@ def build_augmenter(config: AugmentConfig) -> keras.Sequential:
     return keras.Sequential(layers, name="augmenter")
 
 
+def augment_images(ds: tf.data.Dataset, config: AugmentConfig) -> tf.data.Dataset:
+    """A stream of (images, labels) batches with `build_augmenter(config)` applied to the images."""
+    augmenter = build_augmenter(config)
+    return ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _check_stroke_rates(config: AugmentConfig) -> None:
     """Refuse stroke rates outside their ranges, naming the field."""
     for name, high in (("stroke_scale", 0.9), ("stroke_shear", 1.0), ("stroke_rotation", 180.0),

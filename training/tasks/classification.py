@@ -37,7 +37,7 @@ from retrieval import metrics as retrieval_metrics
 from serving import classification_metrics, export, sequence_export
 from serving.features import save_features
 from training import evaluation, folds, plots
-from training.augment import build_augmenter, stroke_augmenter
+from training.augment import augment_images, stroke_augmenter
 from training.tasks import Run, Task, metric, training_polarity
 
 FEATURES_LAYER = "features"
@@ -103,8 +103,7 @@ class ClassificationTask(Task):
                          shuffle_buffer=run.pipeline.classifier_shuffle_buffer,
                          **({"stroke_augment": augment} if augment else {}))
         if run.train.augment:
-            augmenter = build_augmenter(run.augment)
-            ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = augment_images(ds, run.augment)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def calibration_dataset(self, run: Run, seed: int) -> tf.data.Dataset | None:

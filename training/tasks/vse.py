@@ -46,7 +46,7 @@ from models.losses import CosineRegressionLoss, DeViSEHingeLoss
 from retrieval import metrics as retrieval_metrics
 from serving.features import save_features
 from training import evaluation
-from training.augment import build_augmenter
+from training.augment import augment_images
 from training.tasks import Run, Task, training_polarity
 from training.tasks.classification import render_mode, trained_raster
 
@@ -351,8 +351,7 @@ class VisualSemanticTask(Task):
         ds = self._trained_split(run, self.train_split, shuffle=True, repeat=True, seed=seed,
                                  shuffle_buffer=run.pipeline.classifier_shuffle_buffer)
         if run.train.augment:
-            augmenter = build_augmenter(run.augment)
-            ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = augment_images(ds, run.augment)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def calibration_dataset(self, run: Run, seed: int) -> tf.data.Dataset | None:
