@@ -60,6 +60,8 @@ from data_prep.raster import (
 MAX_POINTS = 2048  # points kept per drawing by the padding helpers (largest real raw drawing: ~1,200)
 CHUNK = 8  # segments per while_loop iteration, unrolled (one fused pixel loop under XLA)
 CLAMP_PX = 2.0**20  # |device coordinate| bound: far outside any image, far inside float32 range
+BAND_PIECE = 4.0  # culling renderer: its pieces' height, in units of the line's reach (half width + 0.5 px)
+CULLED_CHUNK = 2  # and its pieces per loop iteration (a longer unrolled chain is slower)
 
 
 class StrokeBatch(NamedTuple):
@@ -224,8 +226,8 @@ def _segments(points: tf.Tensor, stroke_ids: tf.Tensor, valid: tf.Tensor, xy: tf
     tau_b = tf.where(same_next, tf.concat([tau[:, 1:], tau[:, -1:]], axis=1), tau)
     grey = tf.round(TIME_START - TIME_SPAN * (tau + tau_b) / 2) / 255
     return tf.stack([xy[..., 0], xy[..., 1], d[..., 0], d[..., 1], tf.math.divide_no_nan(1.0, length2),
-                     _flag(valid), _flag(valid & ~same_next), order, _flag(valid & (same_next | ~same_prev)), grey],
-                    axis=-1)
+                     _flag(valid), _flag(valid & ~same_next), order, _flag(valid & (same_next | ~same_prev)), grey,
+                     tf.cast(rank, tf.float32)], axis=-1)
 
 
 def _coverage(gx: tf.Tensor, gy: tf.Tensor, seg: list[tf.Tensor], reach: float) -> tf.Tensor:
@@ -252,7 +254,7 @@ def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: fl
         part = tf.slice(segments, tf.stack([0, i * chunk, 0]), tf.stack([batch, chunk, segments.shape[-1]]))
         for k in range(chunk):
             seg = tf.unstack(part[:, k, :, None, None], axis=1)
-            _, _, _, _, _, draws, ends, value, timed, grey = seg
+            _, _, _, _, _, draws, ends, value, timed, grey = seg[:10]
             c = _coverage(gx, gy, seg, reach)
             stroke = tf.maximum(stroke, c * draws)
             done = stroke * ends
@@ -269,9 +271,118 @@ def _draw(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: fl
     return tf.stack([ink, order, time] if time_channels else [ink], axis=-1)
 
 
+def _to_front(values: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+    """values [B, P, F] with the rows where keep [B, P] moved to the front of each drawing, in order (zeros after)."""
+    ones = tf.cast(keep, tf.int32)
+    before = _prefix_sum(ones)
+    width = tf.shape(values)[1]
+    target = tf.where(keep, before - 1, width)  # dropped rows go to an extra row, then cut
+    rows = tf.broadcast_to(tf.range(tf.shape(values)[0])[:, None], tf.shape(target))
+    shape = tf.stack([tf.shape(values)[0], width + 1, tf.shape(values)[2]])
+    moved = tf.scatter_nd(tf.stack([rows, target], axis=-1), tf.where(keep[..., None], values, 0.0), shape)
+    return moved[:, :width]
+
+
+def _band(reach: float) -> tuple[int, float]:
+    """(rows K of a piece's band, longest piece L along y in pixels) for the culling renderer.
+
+    A piece whose y extent is at most L reaches only pixel rows whose centres lie within `reach` of
+    it: at most floor(L + 2 reach) + 1 of them, from floor(top - reach - 0.5); K keeps a row to spare.
+    """
+    rows = int(np.ceil((2 + BAND_PIECE) * reach)) + 2
+    return rows, rows - 2 * reach - 2.5
+
+
+def _draw_culled(segments: tf.Tensor, count: tf.Tensor, image_size: int, half_width: float, chunk: int) -> tf.Tensor:
+    """[B, H, W, 1] in 0..1, the plain image of `_draw` with culling by rows: each segment (clipped to
+    the image) is cut into pieces at most L px tall, and each piece's coverage is computed only in a
+    band of K whole rows around it, with the segment's own (a, b - a, 1 / |b - a|^2), so that a pixel
+    gets exactly the value `_draw` computes, whichever band reaches it.
+
+    Pieces are visited in order, `chunk` per loop iteration, one per drawing at a time. Per pixel the
+    state holds the image, the coverage of the latest stroke that reached it and that stroke's index:
+    a piece of a later stroke first composites the held stroke (ink + c (1 - ink), the held stroke is
+    complete by then), then starts its own maximum; so every stroke is composited once, in order, as in
+    `_draw` (a stroke that never reaches a pixel adds 0 there in both). A last pass composites the
+    strokes still held.
+    """
+    batch = tf.shape(segments)[0]
+    reach = half_width + 0.5
+    rows, longest = _band(reach)
+    rows = min(rows, image_size)  # bands are moved inside the image: rows outside it are never drawn
+    ax, ay, dx, dy, inv = (segments[..., k] for k in range(5))
+    # a stroke's last point is a dot inside its last segment's round cap (as close or closer to every pixel):
+    # only lone points are drawn as dots
+    draws, stroke = segments[..., 5] * segments[..., 8], segments[..., 10]
+    valid = (tf.range(tf.shape(segments)[1])[None, :] < count[:, None]) & (draws > 0)
+    lo, hi = 0.5 - reach - 1.0, image_size - 0.5 + reach + 1.0  # the part of a segment that can reach a pixel
+
+    def entry_exit(start, delta):
+        moving = tf.not_equal(delta, 0.0)
+        safe = tf.where(moving, delta, 1.0)
+        ta, tb = (lo - start) / safe, (hi - start) / safe
+        inside = (start >= lo) & (start <= hi)
+        return (tf.where(moving, tf.minimum(ta, tb), tf.where(inside, 0.0, 2.0)),
+                tf.where(moving, tf.maximum(ta, tb), tf.where(inside, 1.0, -1.0)))
+
+    (x0, x1), (y0, y1) = entry_exit(ax, dx), entry_exit(ay, dy)
+    t0 = tf.maximum(tf.maximum(x0, y0), 0.0)
+    t1 = tf.minimum(tf.minimum(x1, y1), 1.0)
+    seen = valid & (t0 <= t1)
+    most = int(np.ceil((hi - lo) / longest)) + 1
+    height = tf.abs(dy) * tf.maximum(t1 - t0, 0.0)
+    pieces = tf.where(seen, tf.clip_by_value(tf.math.ceil(height / longest), 1.0, most), 0.0)
+    total = tf.reduce_sum(pieces, axis=1)
+    step = tf.math.divide_no_nan(t1 - t0, pieces)
+    # piece k's band starts at row floor(first + k * stride) (rounding there is covered by the spare row;
+    # coverage itself uses the exact segment)
+    first = ay + dy * t0 + tf.minimum(dy * step, 0.0) - reach - 0.5
+    table = tf.stack([ax, ay, dx, dy, inv, stroke, pieces, first, dy * step], axis=-1)
+    table = _to_front(table, pieces > 0)  # the segments with pieces, in order; rows of zeros (no pieces) after
+    last_row = tf.shape(table)[1] - 1
+
+    offsets = tf.range(rows)
+    gx = (tf.range(image_size, dtype=tf.float32) + 0.5)[None, None, :]
+    base = tf.range(batch)[:, None] * image_size
+    chunks = tf.cast(tf.math.ceil(tf.reduce_max(total) / chunk), tf.int32)
+    # per image row: ink, held coverage, its stroke (-1: none), each W wide
+    state = tf.tile(tf.constant([0.0, 0.0, -1.0])[None, :, None], tf.stack([batch * image_size, 1, image_size]))
+
+    def body(i, seg, piece, state):
+        for _ in range(chunk):
+            row = tf.gather(table, tf.minimum(seg, last_row), batch_dims=1)  # [B, 9]
+            sax, say, sdx, sdy, sinv, sid, n, fy, sy = tf.unstack(row, axis=1)
+            top = tf.floor(fy + tf.cast(piece, tf.float32) * sy)
+            oy = tf.cast(tf.clip_by_value(top, 0, image_size - rows), tf.int32)
+            gy = tf.cast(oy[:, None, None] + offsets[None, :, None], tf.float32) + 0.5
+            c = _coverage(gx, gy, [v[:, None, None] for v in (sax, say, sdx, sdy, sinv)], reach)
+            c = c * _flag(n > 0)[:, None, None]  # a drawing past its last piece redraws nothing
+            where = tf.reshape(base + oy[:, None] + offsets[None, :], [-1, 1])
+            held = tf.reshape(tf.gather_nd(state, where), [batch, rows, 3, image_size])
+            ink, cover, owner = tf.unstack(held, axis=2)
+            sid = sid[:, None, None]
+            fresh = tf.not_equal(owner, sid)
+            ink = tf.where(fresh, ink + cover * (1 - ink), ink)
+            cover = tf.where(fresh, c, tf.maximum(cover, c))
+            owner = tf.broadcast_to(sid, tf.shape(ink))
+            update = tf.reshape(tf.stack([ink, cover, owner], axis=2), [-1, 3, image_size])
+            state = tf.tensor_scatter_nd_update(state, where, update)
+            last = tf.cast(piece + 1, tf.float32) >= n
+            seg = tf.where(last, seg + 1, seg)
+            piece = tf.where(last, 0, piece + 1)
+        return i + 1, seg, piece, state
+
+    zeros = tf.zeros([batch], tf.int32)
+    _, _, _, state = tf.while_loop(lambda i, *_: i < chunks, body, (0, zeros, zeros, state), parallel_iterations=1)
+    state = tf.reshape(state, tf.stack([batch, image_size, 3, image_size]))
+    ink, cover = state[:, :, 0], state[:, :, 1]
+    return (ink + cover * (1 - ink))[..., None]
+
+
 @tf.autograph.experimental.do_not_convert  # plain TensorFlow already: autograph would only re-read the source
 def _rasterize(points: tf.Tensor, stroke_ids: tf.Tensor, num_points: tf.Tensor, image_size: int, line_width: float,
-               padding: float, frame: int, time_channels: bool, normalize: str, chunk: int, dims: int) -> tf.Tensor:
+               padding: float, frame: int, time_channels: bool, normalize: str, chunk: int, dims: int,
+               method: str = "dense") -> tf.Tensor:
     """[B, H, W, C] float32 on 0..255: compact, place, transform to pixels, draw.
 
     `dims` is static so that a relaxed trace never loses whether the points carry t.
@@ -285,6 +396,8 @@ def _rasterize(points: tf.Tensor, stroke_ids: tf.Tensor, num_points: tf.Tensor, 
     device = tf.clip_by_value(scale * (xy + offset[:, None] + total_padding / 2), -CLAMP_PX, CLAMP_PX)
     segments = _segments(points, stroke_ids, valid, device)
     count = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    if method == "culled" and not time_channels:
+        return _draw_culled(segments, count, image_size, line_width * scale / 2, min(chunk, CULLED_CHUNK)) * 255
     return _draw(segments, count, image_size, line_width * scale / 2, time_channels, chunk) * 255
 
 
@@ -295,7 +408,7 @@ EAGER_CHUNK = 1  # for that graph: without XLA unrolling fuses nothing, and a sm
 @tf.autograph.experimental.do_not_convert
 def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_width: float = 16.0,
                     padding: float = 16.0, frame: int = 256, time_channels: bool = False, normalize: str = "auto",
-                    dtype: tf.DType = tf.uint8) -> tf.Tensor:
+                    dtype: tf.DType = tf.uint8, method: str = "dense") -> tf.Tensor:
     """A padded batch of drawings as [B, image_size, image_size, 1 | 3] images, white on black.
 
     Same options and channels as `raster.rasterize` (see the module docstring for the padded
@@ -303,6 +416,8 @@ def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_w
     unrounded values on the same 0..255 scale. Called eagerly it runs as one (cached) graph.
     """
     _check_options(image_size, line_width, padding, frame, normalize)
+    if method not in ("culled", "dense"):
+        raise ValueError(f"Invalid value for argument `method`: {method!r}. Expected 'culled' or 'dense'.")
     points = tf.cast(tf.convert_to_tensor(points), tf.float32)  # float64 or integer points too
     if points.shape.rank != 3 or points.shape[-1] not in (2, 3):
         raise ValueError(f"Invalid value for argument `points`: shape {points.shape}. Expected [B, P, 2 | 3].")
@@ -311,7 +426,7 @@ def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_w
     eager = tf.executing_eagerly()
     images = (_rasterize_graph if eager else _rasterize)(
         points, stroke_ids, num_points, int(image_size), float(line_width), float(padding), int(frame),
-        bool(time_channels), normalize, EAGER_CHUNK if eager else CHUNK, points.shape[-1])
+        bool(time_channels), normalize, EAGER_CHUNK if eager else CHUNK, points.shape[-1], method)
     if dtype == tf.uint8:
         return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
     return tf.cast(images, dtype)

@@ -259,3 +259,58 @@ def test_bad_options_raise(options, message):
 def test_bad_points_shape_raises():
     with pytest.raises(ValueError, match="points"):
         raster_tf.rasterize_batch(np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), np.int32), [2])
+
+
+def _edge_cases() -> list[list[np.ndarray]]:
+    """Drawings that stress the culling renderer's clipping and windows: a lone point, long segments
+    across (and far outside) the frame, a stroke that crosses itself, non-finite points, empty drawings."""
+    nan = np.nan
+    return [
+        [np.array([[100.0, 100.0]])],
+        [np.array([[0.0, 0.0], [255.0, 255.0]]), np.array([[255.0, 0.0], [0.0, 255.0]])],
+        [np.array([[-5000.0, 128.0], [5000.0, 130.0]]), np.array([[0.0, 0.0], [255.0, 255.0]])],
+        [np.array([[0.0, 0.0], [255.0, 3.0], [0.0, 6.0], [255.0, 9.0], [0.0, 0.0]])],
+        [np.array([[10.0, 10.0], [nan, 50.0], [200.0, 40.0], [np.inf, 0.0], [30.0, 220.0]]), np.array([[nan, nan]])],
+        [np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]), np.array([[250.0, 250.0]])],
+        [],
+        [np.zeros((0, 2))],
+    ]
+
+
+@functools.cache
+def _compiled_method(image_size: int, method: str, normalize: str = "auto"):
+    return tf.function(functools.partial(raster_tf.rasterize_batch, image_size=image_size, method=method,
+                                         normalize=normalize, dtype=tf.float32), jit_compile=True)
+
+
+@pytest.mark.parametrize("size", [28, 64, 128])
+def test_culled_equals_dense(simplified, size):
+    """The culling renderer draws the dense renderer's plain image: real drawings and edge cases, under XLA."""
+    drawings = simplified + _edge_cases()
+    batch = raster_tf.pad_drawings(drawings)
+    dense = _compiled_method(size, "dense")(*batch[:3]).numpy()
+    culled = _compiled_method(size, "culled")(*batch[:3]).numpy()
+    assert np.isfinite(culled).all()
+    difference = np.abs(culled - dense)
+    assert difference.max() <= 1.0 and difference.mean() < 1e-3, (difference.max(), difference.mean())
+    rounded = np.abs(np.round(culled).astype(np.int16) - np.round(dense).astype(np.int16))
+    assert rounded.max() <= 1 and (rounded > 0).mean() < 1e-4
+    assert not culled[-2:].any()  # empty drawings are black
+
+
+def test_culled_without_xla_and_bad_input(simplified, raw):
+    """Eagerly (a graph without XLA) the culling renderer draws what it draws under XLA; absurd and
+    non-finite coordinates draw something finite, never raise; ids and padding behave as in the dense path."""
+    drawings = simplified[:6] + raw[:3] + _edge_cases()
+    batch = raster_tf.pad_drawings(drawings, dims=2)
+    eager = raster_tf.rasterize_batch(*batch[:3], 28, method="culled").numpy()
+    jit = np.round(_compiled_method(28, "culled")(*batch[:3]).numpy()).astype(np.uint8)
+    assert np.abs(eager.astype(np.int16) - jit).max() <= 1
+    dense = raster_tf.rasterize_batch(*batch[:3], 28).numpy()
+    assert np.abs(eager.astype(np.int16) - dense).max() <= 1
+    huge = [[s * 1e30 - 3e37 for s in simplified[0]], [np.array([[1e38, -1e38], [-3e38, 3e38]], np.float32)]]
+    for normalize in ("auto", "never"):
+        out = raster_tf.rasterize_drawings(huge, image_size=28, normalize=normalize, method="culled")
+        np.testing.assert_array_equal(out, raster_tf.rasterize_drawings(huge, image_size=28, normalize=normalize))
+    with pytest.raises(ValueError, match="method"):
+        raster_tf.rasterize_batch(*batch[:3], 28, method="fast")
