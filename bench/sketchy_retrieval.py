@@ -130,6 +130,31 @@ def summarise(runs: dict) -> dict:
     return out
 
 
+def markdown_table(results: dict) -> str:
+    """One row per split / look / method: each protocol figure as mean (min-max) over seeds, x chance."""
+    names = ["mAP@all", "mAP@200", "P@100", "P@200", "acc@1", "acc@10"]
+    lines = ["| split / photos / method | seeds | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for key, seeds in results["runs"].items():
+        split = "test" if key.startswith("seen/") else "test_unseen"
+        summary = results["summary"][key][split]
+        cells = []
+        for name in names:
+            if name not in summary:
+                cells.append("")
+                continue
+            v, x = summary[name]["value"], summary[name]["x_chance"]
+            spread = f" ({v['min']:.3f}-{v['max']:.3f})" if len(seeds) > 1 else ""
+            cells.append(f"{v['mean']:.3f}{spread}, {x['mean']:.1f}x")
+        lines.append(f"| {key} | {','.join(sorted(seeds))} | " + " | ".join(cells) + " |")
+    for prefix in dict.fromkeys(key.split("/")[0] for key in results["runs"]):
+        key = next(k for k in results["summary"] if k.startswith(prefix + "/"))
+        summary = results["summary"][key]["test" if prefix == "seen" else "test_unseen"]
+        lines.append(f"| chance, {prefix} | | " + " | ".join(
+            f"{summary[n]['chance']:.4f}" if n in summary else "" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=sorted(PARTS), required=True)
@@ -141,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quickdraw_epochs", type=int, default=15)
     parser.add_argument("--cache", default="/tmp/sketchy_retrieval_cache")
     parser.add_argument("--out", default="")
+    parser.add_argument("--table", action="store_true", help="print the saved results as a Markdown table; run nothing")
     args = parser.parse_args(argv)
     part = PARTS[args.part]
     methods = args.methods.split(",") if args.methods else part["methods"]
@@ -149,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = pathlib.Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     out = pathlib.Path(args.out or RESULTS / f"sketchy_retrieval_{args.part}.json")
+    if args.table:
+        print(markdown_table(json.loads(out.read_text())))
+        return 0
     results: dict = {"machine": describe_machine(), "part": args.part, "image_size": SIZE, "epochs": args.epochs,
                      "seeds": seeds, "runs": {}}
     if out.exists():  # resume: keep the runs already measured with the same budget
