@@ -62,6 +62,7 @@ CHUNK = 8  # segments per while_loop iteration, unrolled (one fused pixel loop u
 CLAMP_PX = 2.0**20  # |device coordinate| bound: far outside any image, far inside float32 range
 BAND_PIECE = 4.0  # culling renderer: its pieces' height, in units of the line's reach (half width + 0.5 px)
 CULLED_CHUNK = 2  # and its pieces per loop iteration (a longer unrolled chain is slower)
+DEFAULT_METHOD = "auto"  # rasterize_batch's method when none is given (benchmarks switch it)
 
 
 class StrokeBatch(NamedTuple):
@@ -405,19 +406,33 @@ _rasterize_graph = tf.function(_rasterize, reduce_retracing=True)  # eager calle
 EAGER_CHUNK = 1  # for that graph: without XLA unrolling fuses nothing, and a small graph traces faster
 
 
+def _in_xla() -> bool:
+    """Whether the graph being traced is compiled by XLA (tf.function(jit_compile=True), or inside one)."""
+    try:
+        from tensorflow.python.ops import control_flow_util  # private: no public way to ask
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except (ImportError, AttributeError):
+        return False
+
+
 @tf.autograph.experimental.do_not_convert
 def rasterize_batch(points, stroke_ids, num_points, image_size: int = 28, line_width: float = 16.0,
                     padding: float = 16.0, frame: int = 256, time_channels: bool = False, normalize: str = "auto",
-                    dtype: tf.DType = tf.uint8, method: str = "dense") -> tf.Tensor:
+                    dtype: tf.DType = tf.uint8, method: str | None = None) -> tf.Tensor:
     """A padded batch of drawings as [B, image_size, image_size, 1 | 3] images, white on black.
 
     Same options and channels as `raster.rasterize` (see the module docstring for the padded
     form and for bad input). dtype tf.uint8 rounds like the stored images; tf.float32 gives the
     unrounded values on the same 0..255 scale. Called eagerly it runs as one (cached) graph.
+    `method` (default DEFAULT_METHOD, "auto"): "dense" or "culled" for the plain image (see the
+    module docstring); "auto" culls when traced for XLA and time_channels is False.
     """
     _check_options(image_size, line_width, padding, frame, normalize)
-    if method not in ("culled", "dense"):
-        raise ValueError(f"Invalid value for argument `method`: {method!r}. Expected 'culled' or 'dense'.")
+    method = DEFAULT_METHOD if method is None else method
+    if method not in ("auto", "culled", "dense"):
+        raise ValueError(f"Invalid value for argument `method`: {method!r}. Expected 'auto', 'culled' or 'dense'.")
+    if method == "auto":
+        method = "culled" if not time_channels and _in_xla() else "dense"
     points = tf.cast(tf.convert_to_tensor(points), tf.float32)  # float64 or integer points too
     if points.shape.rank != 3 or points.shape[-1] not in (2, 3):
         raise ValueError(f"Invalid value for argument `points`: shape {points.shape}. Expected [B, P, 2 | 3].")

@@ -314,3 +314,15 @@ def test_culled_without_xla_and_bad_input(simplified, raw):
         np.testing.assert_array_equal(out, raster_tf.rasterize_drawings(huge, image_size=28, normalize=normalize))
     with pytest.raises(ValueError, match="method"):
         raster_tf.rasterize_batch(*batch[:3], 28, method="fast")
+
+
+def test_auto_culls_under_xla_only(simplified):
+    """method="auto" (the default) draws the plain image with the culling renderer under XLA, and with the
+    dense one in a graph without XLA and with time channels."""
+    batch = raster_tf.pad_drawings(simplified[:16])
+    np.testing.assert_array_equal(_compiled_method(28, "auto")(*batch[:3]).numpy(),
+                                  _compiled_method(28, "culled")(*batch[:3]).numpy())
+    eager = raster_tf.rasterize_batch(*batch[:3], 28, dtype=tf.float32).numpy()
+    np.testing.assert_array_equal(eager, raster_tf.rasterize_batch(*batch[:3], 28, dtype=tf.float32,
+                                                                   method="dense").numpy())
+    assert raster_tf._in_xla() is False
