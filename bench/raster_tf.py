@@ -4,8 +4,9 @@ Both draw the same real Quick, Draw! drawings (the first DRAWINGS_PER_CATEGORY o
 category, BATCH at a time for TensorFlow, every batch padded to one width so XLA compiles once per
 setting) at 28, 64 and 128 px, with and without the three time channels. Speed is drawings per
 CPU-second of this process (all its threads), the best of REPEATS passes after one warm-up pass
-(compilation excluded); the TensorFlow rows run under `tf.function(jit_compile=True)`, and once
-without XLA for the plain image. Difference is the mean absolute pixel difference (0..255) from
+(compilation excluded); the TensorFlow rows run under `tf.function(jit_compile=True)` (the plain
+image with the default renderer there, culling, and with the dense one), and once without XLA for
+the plain image (dense). Difference is the mean absolute pixel difference (0..255) from
 skia, per channel. Writes bench/results/raster_tf.json. Run: `python -m bench.raster_tf`.
 """
 
@@ -44,10 +45,10 @@ def batches(drawings: list) -> list[raster_tf.StrokeBatch]:
     return out
 
 
-def tf_method(size: int, time_channels: bool, jit: bool) -> Callable[[list], np.ndarray]:
+def tf_method(size: int, time_channels: bool, jit: bool, method: str = "auto") -> Callable[[list], np.ndarray]:
     """All batches through one compiled rasterize_batch, as one (N, H, W, C) uint8 array."""
-    fn = tf.function(functools.partial(raster_tf.rasterize_batch, image_size=size, time_channels=time_channels),
-                     jit_compile=jit)
+    fn = tf.function(functools.partial(raster_tf.rasterize_batch, image_size=size, time_channels=time_channels,
+                                       method=method), jit_compile=jit)
     return lambda bs: np.concatenate([fn(b.points, b.stroke_ids, b.num_points).numpy() for b in bs])
 
 
@@ -73,6 +74,7 @@ def run(drawings: list, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
                 for tc in (False, True)}
         methods = {"skia": (False, skia[False]), "skia_time_channels": (True, skia[True]),
                    "tf_xla": (False, measure(tf_method(size, False, True), tf_batches, repeats)),
+                   "tf_xla_dense": (False, measure(tf_method(size, False, True, "dense"), tf_batches, repeats)),
                    "tf_xla_time_channels": (True, measure(tf_method(size, True, True), tf_batches, repeats)),
                    "tf_graph_no_xla": (False, measure(tf_method(size, False, False), tf_batches, repeats))}
         for name, (tc, (speed, images)) in methods.items():

@@ -3,7 +3,8 @@
 Builds the real Quick, Draw! sample (../shared/data/quickdraw/simplified, 344 categories x 25
 drawings) twice at 28 px: `--store both` (images and strokes) and `--store strokes`. Baseline:
 `load_split` reading the stored raw images (28 px). Then `load_split` drawing the strokes-only
-records in tf.data (raster_tf under XLA) at 28, 64 and 128 px, with and without time channels.
+records in tf.data (raster_tf under XLA) at 28, 64 and 128 px, with and without time channels; the
+plain image both with raster_tf's default renderer under XLA (culling) and with the dense one.
 Images/s of a shuffled, repeating training stream, batches of 256, after 8 warm-up batches
 (XLA compilation of the few batch shapes excluded). Also the on-disk bytes of both stores.
 
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 from bench import input_pipeline, train  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
-from data_prep import quickdraw_build, tfrecords  # noqa: E402
+from data_prep import pipeline, quickdraw_build, raster_tf, tfrecords  # noqa: E402
 from data_prep.pipeline import load_split  # noqa: E402
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "quickdraw" / "simplified"
@@ -78,13 +79,20 @@ def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
     baseline = images_per_second(stream(both), STORED_IMAGES)
     results["stored_28_images_per_s"] = round(baseline)
     print(f"stored 28 px images: {baseline:,.0f} img/s; shard bytes {results['shard_bytes']}")
-    print(f"{'size':>5} {'time channels':>14} {'drawn img/s':>12} {'x stored':>9}")
+    print(f"{'size':>5} {'time channels':>14} {'renderer':>9} {'drawn img/s':>12} {'x stored':>9}")
     for size, count in DRAWN_IMAGES.items():
-        for time_channels in (False, True):
-            rate = images_per_second(stream(strokes, image_size=size, time_channels=time_channels), count)
-            results["rows"].append({"image_size": size, "time_channels": time_channels,
+        for time_channels, renderer in ((False, "auto"), (False, "dense"), (True, "auto")):
+            raster_tf.DEFAULT_METHOD = renderer
+            pipeline.compiled_rasterizer.cache_clear()  # traced anew with this renderer
+            try:
+                rate = images_per_second(stream(strokes, image_size=size, time_channels=time_channels), count)
+            finally:
+                raster_tf.DEFAULT_METHOD = "auto"
+                pipeline.compiled_rasterizer.cache_clear()
+            name = "dense" if time_channels or renderer == "dense" else "culled"
+            results["rows"].append({"image_size": size, "time_channels": time_channels, "renderer": name,
                                     "images_per_s": round(rate), "ratio_to_stored": round(rate / baseline, 3)})
-            print(f"{size:>5} {str(time_channels):>14} {rate:>12,.0f} {rate / baseline:>9.3f}")
+            print(f"{size:>5} {str(time_channels):>14} {name:>9} {rate:>12,.0f} {rate / baseline:>9.3f}")
 
 
 def step_costs(tmp: pathlib.Path, results: dict) -> None:

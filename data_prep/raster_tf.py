@@ -19,15 +19,32 @@ Drawing: per segment, pixel coverage = clip(half_width_px - distance + 0.5, 0, 1
 1-D box-filter coverage of a line at least a pixel wide, measured from the pixel centre to the
 segment (a round-capped capsule; a lone point is a zero-length segment, a round dot). A stroke
 is the union (maximum) of its segments; strokes are composited source-over, 1 - prod(1 - c).
-Segments are visited in order in a `tf.while_loop` over chunks of CHUNK segments, unrolled
-inside a chunk (XLA fuses a chunk into one pass over the pixels), so the state is four [B, H, W]
-float32 images whatever the number of points: memory is about (8 + 2 C) * B * H * W * 4 bytes
-beyond the inputs, O(B * H * W), not O(B * H * W * segments). Measured: 64 drawings of 1,000
-points at 128 px with time channels (state 17 MB) raised the peak RSS by 54 MB under XLA
-(compilation included) and by 76 MB in a graph without XLA. The loop stops at the batch's longest
-drawing, so padding costs nothing. Work is B * H * W * points (no culling): on 2 CPU cores XLA
-draws 0.7-0.9x skia's rate at 28 px, about 0.5x at 64 and 0.08x at 128 (1.5-1.8x, 0.85-0.9x and
-0.16-0.22x with time channels; BENCHMARKS.md); it is meant for the graph and the accelerator.
+Two renderers draw it (`method`; the default "auto" culls the plain image under XLA and is dense
+otherwise: in a graph without XLA the culling loop's extra iterations cost more than they save):
+  dense (`_draw`; also every image with time channels): segments visited in order in a
+  `tf.while_loop` over chunks of CHUNK segments, unrolled inside a chunk (XLA fuses a chunk into one
+  pass over the pixels); each segment is evaluated at every pixel: work B * H * W * points. The
+  state is four [B, H, W] float32 images whatever the number of points: about (8 + 2 C) * B * H * W
+  * 4 bytes beyond the inputs. Measured: 64 drawings of 1,000 points at 128 px with time channels
+  (state 17 MB) raised the peak RSS by 54 MB under XLA (compilation included) and by 76 MB in a
+  graph without XLA.
+  culled (`_draw_culled`, plain image only): each segment is clipped to the image and cut into
+  pieces at most (2 + BAND_PIECE) reach - 2.5 px tall, and a piece is evaluated only on a band of K
+  whole rows around it (K = ceil((2 + BAND_PIECE) reach) + 2; 10 of 28 rows at 28 px, 16 of 64, 26
+  of 128), with its segment's own parameters, so every pixel gets the dense renderer's value. Per
+  pixel the state keeps the image, the held stroke's coverage and that stroke's index: a later
+  stroke's piece composites the held stroke first, so strokes are composited once and in order, as
+  in the dense loop (the end dot of a stroke of two or more points, inside its last segment's cap,
+  is skipped). Pieces go one per drawing per step (CULLED_CHUNK per loop iteration), each step a
+  gather and a scatter of B * K rows. Work is B * K * W * pieces; state 3 * B * H * W float32 plus a
+  [B, points, 9] table. Same images as dense to float rounding: on real drawings at most 1 grey
+  level, on 1 pixel in 17 million at 128 px (tests/test_raster_tf.py bounds it at 1 in 10,000).
+Both loops stop at the batch's longest drawing, so padding costs nothing. Speed on 2 CPU cores under
+XLA (BENCHMARKS.md): culled draws the plain image about 1.1x as fast as dense at 28 px, 1.3x at
+64 and 1.8x at 128; dense draws it at 0.7-0.9x skia's rate at 28 px, about 0.5x at 64 and 0.08x at
+128 (1.5-1.8x, 0.85-0.9x and 0.16-0.22x with time channels). Gather and scatter cost XLA on the CPU
+several times a fused dense pixel, and at 28 px a band is a third of the image, so culling gains
+little there; it is meant for the graph and the accelerator (not measured on one).
 
 Bad input never raises inside the graph: num_points is clipped to 0..P; points with a non-finite
 coordinate (or t) are dropped, as if absent (`non_finite_points` counts them); a drawing left
