@@ -40,8 +40,8 @@ otherwise: in a graph without XLA the culling loop's extra iterations cost more 
   [B, points, 9] table. Same images as dense to float rounding: on real drawings at most 1 grey
   level, on 1 pixel in 17 million at 128 px (tests/test_raster_tf.py bounds it at 1 in 10,000).
 Both loops stop at the batch's longest drawing, so padding costs nothing. Speed on 2 CPU cores under
-XLA (BENCHMARKS.md): culled draws the plain image about 1.1x as fast as dense at 28 px, 1.3x at
-64 and 1.8x at 128; dense draws it at 0.7-0.9x skia's rate at 28 px, about 0.5x at 64 and 0.08x at
+XLA (BENCHMARKS.md): culled draws the plain image 1.0-1.1x as fast as dense at 28 px, 1.3x at
+64 and 1.8-2.8x at 128; dense draws it at 0.7-0.9x skia's rate at 28 px, about 0.5x at 64 and 0.08x at
 128 (1.5-1.8x, 0.85-0.9x and 0.16-0.22x with time channels). Gather and scatter cost XLA on the CPU
 several times a fused dense pixel, and at 28 px a band is a third of the image, so culling gains
 little there; it is meant for the graph and the accelerator (not measured on one).
