@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if "quickdraw" in parts:
             quickdraw_part(tmp, qd_data, args, budget, results, started)
         if "deephash" in parts:
-            deephash_part(tmp, qd_data, budget, results, started, [int(b) for b in args.bits.split(",")])
+            deephash_part(tmp, qd_data, budget, results, started, [int(b) for b in args.bits.split(",")], args.out)
     print(format_tables(results))
     return 0
 
@@ -265,7 +265,7 @@ def quickdraw_part(tmp: pathlib.Path, qd_data: pathlib.Path, args, budget: dict,
 
 
 def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, results: dict, started: float,
-                  bits_list=BITS) -> None:
+                  bits_list=BITS, out: str = str(RESULTS / "retrieval_quality.json")) -> None:
     """Deep hashing at each code length on the Quick, Draw! set: Hamming against float mAP."""
     hashing: dict = {}
     for bits in bits_list:
@@ -274,7 +274,7 @@ def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, result
         hashing[str(bits)] = {"hamming_map": report["map"], "float_map": report["float_map"],
                               "search": report["search"], "run": report["run"]}
     results["deephash_quickdraw"] = hashing
-    save(results, args.out, started)
+    save(results, out, started)
 
 
 def split_counts(data: pathlib.Path) -> dict:
