@@ -11,7 +11,9 @@ settings (line width, padding, frame, normalize) at any image size, with or with
 one vectorised render per batch, in the tf.data graph, compiled by XLA, on the batch's points cut
 to its longest drawing (POINT_BUCKET times a power of two: few shapes to compile), in groups of GROUP
 drawings sorted by length (the drawing loop runs to a group's longest drawing, not the batch's). On 2
-CPU cores that drew 12,500 images/s at 28 px where the plain graph over raster_tf.MAX_POINTS drew 750. A training stream may pass `stroke_augment`
+CPU cores that drew 12,500-17,000 images/s at 28 px (about a tenth of reading stored images; the
+culling renderer is 1.0-1.1x the dense one at 28 px, 1.3x at 64, 1.8-2.8x at 128: BENCHMARKS.md) where
+the plain graph over raster_tf.MAX_POINTS drew 750. A training stream may pass `stroke_augment`
 (training.augment.stroke_augmenter), applied to the padded points before drawing; evaluation never does.
 `render_plan` says which of the two a data set and a request need, or why neither serves.
 """
