@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo_edges", default="",
                         help="photo look(s), comma-separated (default: all three for edges, canny otherwise)")
     parser.add_argument("--methods", default="", help="comma-separated subset of the part's methods")
+    parser.add_argument("--splits", default="", help="comma-separated subset of the part's splits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quickdraw_epochs", type=int, default=15)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"] = saved.get("runs", {})
     init_from = quickdraw_classifier(cache, args.quickdraw_epochs) if "warm" in methods else None
     started = time.perf_counter()
-    for split in part["splits"]:
+    for split in args.splits.split(",") if args.splits else part["splits"]:
         for look in looks:
             data = build(cache, split, look)
             for method in methods:
