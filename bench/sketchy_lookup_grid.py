@@ -7,7 +7,7 @@ looks up each test sketch through the export's endpoints, as `evaluate_similarit
 does. Reports, over all test sketches: the share whose top K holds a photo of their class, precision@K,
 and how many classes have that share above one half (chance beside each), and draws a grid of
 `--queries` sketches chosen at random (seeded, one per class, not picked by result) with their top K.
-Writes the grid (`--grid`, docs/sketchy_lookup.png by default) and bench/results/sketchy_lookup_grid.json.
+Writes the grid (`--grid`, docs/sketchy_lookup.jpg by default) and bench/results/sketchy_lookup_grid.json.
 Run: `python -m bench.sketchy_lookup_grid --run RUN_DIR` (a minute on 2 cores).
 """
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--queries", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", default=str(ROOT / "docs" / "sketchy_lookup.png"))
+    parser.add_argument("--grid", default=str(ROOT / "docs" / "sketchy_lookup.jpg"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "sketchy_lookup_grid.json"))
     args = parser.parse_args(argv)
     run = pathlib.Path(args.run)
