@@ -388,6 +388,13 @@ class SemanticConfig:
                           "against 0.011, zero-shot top-1 alike (0.087, 0.085; chance 0.059); hinge labels seen "
                           "classes better (0.118 against 0.057).", choices=("hinge", "cosine"))
     vse_margin: float = field(0.1, "vse: margin of the hinge rank loss (> 0; DeViSE's 0.1).")
+    vse_head: str = field("projection", "vse: projection (DeViSE: a linear map of the trunk's features to the word "
+                          "vectors, trained by -vse_loss) or conse (ConSE, Norouzi et al. 2014: a classifier of the seen "
+                          "classes trained by cross-entropy with -label_smoothing; an image's vector is the convex "
+                          "combination of the -conse_top most probable seen classes' word vectors).",
+                          choices=("projection", "conse"))
+    conse_top: int = field(5, "vse -vse_head conse: how many of the most probable seen classes' word vectors make an "
+                           "image's vector (>= 1).")
     allow_missing_vectors: bool = field(False, "vse: drop the classes whose name has no word vector (their training "
                                         "records are left out, with a count) instead of refusing to train.")
     vse_vocabulary: int = field(50000, "vse: the first N words of -word_vectors saved with the run (with every class "

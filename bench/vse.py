@@ -4,13 +4,15 @@ The sample (../shared/data/sketchy: 125 classes x 25 sketches + 25 photos) is bu
 unseen classes of Shen et al. 2018 (data_prep/splits/sketchy_unseen_25_shen2018.txt) in `test_unseen`;
 word vectors are the GloVe Twitter 25-d subset (../shared/data/wordvectors), which covers 85 of the 125
 names, so the run passes -allow_missing_vectors (the other classes and their records are left out).
-For each loss and seed the tool trains skNet + projection for --steps steps, then -mode test; the table
+For each method and seed the tool trains -model vse for --steps steps, then -mode test: `cosine` and
+`hinge` (skNet + linear projection, -vse_loss), `conse` (skNet + a seen-class classifier, -vse_head conse:
+ConSE, Norouzi et al. 2014; cross-entropy); the table
 gives, mean ± sample std over the seeds, with chance beside each figure: zero-shot top-1 among the
 unseen classes, seen-class top-1, generalised zero-shot harmonic mean, and text->image mAP on the seen
 test images and on the unseen ones. Writes bench/results/vse.json.
 
     python -m bench.vse                          # 3 seeds, cosine (the default loss), 300 steps: about 10 minutes
-    python -m bench.vse --losses hinge,cosine    # the loss comparison (twice as long)
+    python -m bench.vse --methods hinge,cosine,conse    # the comparison (three times as long)
     python -m bench.vse --steps 5 --seeds 0      # a smoke run (about a minute)
 """
 
@@ -70,11 +72,16 @@ def figure(semantic: dict, path: tuple[str, ...], key: str) -> tuple[float | Non
     return node[key], node["chance"][key]
 
 
+def method_flags(method: str) -> list[str]:
+    """train_sketch_net.py flags of a bench method: a projection loss (cosine, hinge) or the conse head."""
+    return ["-vse_head", "conse"] if method == "conse" else ["-vse_head", "projection", "-vse_loss", method]
+
+
 def one_run(data: pathlib.Path, work: pathlib.Path, loss: str, seed: int, steps: int, batch: int) -> dict:
     model_dir = work / f"{loss}_seed{seed}"
     start = time.perf_counter()
     tool("-mode", "train", "-model", "vse", "-data_path", str(data), "-model_dir", str(model_dir), "-word_vectors",
-         str(GLOVE), "-allow_missing_vectors", "-vse_loss", loss, "-seed", str(seed), "-epochs", "1",
+         str(GLOVE), "-allow_missing_vectors", *method_flags(loss), "-seed", str(seed), "-epochs", "1",
          "-steps_per_epoch", str(steps), "-batch_size", str(batch), "-verbose", "0", "-keep_checkpoints", "1")
     trained = time.perf_counter() - start
     tool("-mode", "test", "-model_dir", str(model_dir))
@@ -102,7 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--losses", default="cosine", help="comma-separated: cosine, hinge")
+    parser.add_argument("--methods", "--losses", dest="losses", default="cosine",
+                        help="comma-separated: cosine, hinge (projection losses), conse (the ConSE head)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--photo_edges", default="none", choices=("none", "canny", "gradient"),
                         help="photo look of the build (data_prep.edges)")

@@ -652,3 +652,26 @@ class CosineRegressionLoss(_SemanticLoss):
 
 
 __all__ += ["CosineRegressionLoss", "DeViSEHingeLoss", "cosine_regression_loss", "devise_hinge_loss"]
+
+
+@keras.saving.register_keras_serializable(package="sketch")
+class ConSECrossEntropy(SmoothedSparseCrossentropy):
+    """ConSE's training loss: the label-smoothed cross-entropy of the logits that follow the first
+    `semantic_dim` columns of a vse model's output [B, D + C] (models/vse.py, head 'conse')."""
+
+    def __init__(self, semantic_dim: int, label_smoothing: float = 0.0, name: str = "conse_crossentropy",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        if isinstance(semantic_dim, bool) or not isinstance(semantic_dim, int) or semantic_dim < 1:
+            raise ValueError(f"Invalid value for argument `semantic_dim`. Received: {semantic_dim!r}. Expected an "
+                             "integer >= 1.")
+        super().__init__(label_smoothing, name=name, reduction=reduction, dtype=dtype)
+        self.semantic_dim = semantic_dim
+
+    def call(self, y_true, y_pred):
+        return super().call(y_true, tf.convert_to_tensor(y_pred)[:, self.semantic_dim:])
+
+    def get_config(self):
+        return {**super().get_config(), "semantic_dim": self.semantic_dim}
+
+
+__all__ += ["ConSECrossEntropy"]

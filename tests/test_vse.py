@@ -372,7 +372,110 @@ def test_classes_without_a_vector_are_refused_by_name_unless_allowed(sketchy_uns
     ({"vse_trunk": "stroke_rnn"}, "-vse_trunk: Invalid value for argument `trunk` of model 'vse'. Received: "
                                   "'stroke_rnn', which reads strokes."),
     ({"vse_vocabulary": 0}, "Invalid value for -vse_vocabulary: 0. Expected an integer >= 1."),
+    ({"vse_head": "conse", "conse_top": 0}, "Invalid value for -conse_top: 0. Expected an integer >= 1."),
 ])
 def test_bad_vse_settings_are_one_line(sketchy_unseen, tmp_path, values, expected):
     path = write_vectors(tmp_path / "v.txt")
     assert expected in train_error(sketchy_unseen, tmp_path, word_vectors=str(path), **values)
+
+
+# ---------------------------------------------------------------- ConSE (-vse_head conse)
+
+
+def conse_by_loops(logits, vectors, top) -> np.ndarray:
+    out = []
+    for row in logits.astype(np.float64):
+        e = [math.exp(z - max(row)) for z in row]
+        p = [x / sum(e) for x in e]
+        chosen = sorted(range(len(p)), key=lambda i: -p[i])[:top]
+        total = sum(p[i] for i in chosen)
+        out.append([sum(p[i] / total * vectors[i][d] for i in chosen) for d in range(vectors.shape[1])])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("top", [1, 3, 6, 10])
+def test_convex_semantic_matches_a_loop(top):
+    from models.vse import ConvexSemantic
+
+    rng = np.random.default_rng(5)
+    vectors = unit_rows(rng.normal(size=(6, 4))).astype(np.float32)
+    logits = (3 * rng.normal(size=(7, 6))).astype(np.float32)
+    got = np.asarray(ConvexSemantic(vectors, top)(logits))
+    np.testing.assert_allclose(got, conse_by_loops(logits, vectors, top), atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_conse_cross_entropy_reads_the_logits_after_the_semantic_columns(smoothing):
+    from models.losses import ConSECrossEntropy
+
+    rng = np.random.default_rng(6)
+    semantic, logits = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
+    labels = np.array([0, 2, 1, 1, 0])
+    expected = 0.0
+    for z, y in zip(logits, labels):
+        log_p = [v - math.log(sum(math.exp(u) for u in z)) for v in z]
+        target = [smoothing / 3 + (1 - smoothing) * (j == y) for j in range(3)]
+        expected -= sum(t * lp for t, lp in zip(target, log_p)) / len(labels)
+    loss = ConSECrossEntropy(4, smoothing)
+    got = float(loss(labels, np.concatenate([semantic, logits], axis=1).astype(np.float32)))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert ConSECrossEntropy.from_config(loss.get_config()).semantic_dim == 4
+
+
+def test_bad_conse_head_arguments_name_the_expected_shape():
+    import models
+
+    with pytest.raises(ValueError, match=r"Received: shape \(3, 8\). Expected \(4, 8\)"):
+        models.build_model("vse", input_size=32, channels=1, num_classes=4, semantic_dim=8, head="conse",
+                           class_vectors=np.zeros((3, 8)))
+    with pytest.raises(ValueError, match="Expected one of projection, conse"):
+        models.build_model("vse", input_size=32, channels=1, num_classes=4, semantic_dim=8, head="linear")
+
+
+def test_conse_vse_trains_tests_and_exports_its_semantic_vectors(sketchy_unseen, tmp_path):
+    """A conse run of 2 steps: every figure of -mode test, and an export whose embed_images is the unit
+    `semantic` vector (not the logits beside it) that label_images ranks new class names by."""
+    import tensorflow as tf
+
+    vectors = write_vectors(tmp_path / "vectors.txt")
+    model_dir = tmp_path / "run"
+    run_api(mode="train", model="vse", data_path=str(sketchy_unseen), model_dir=str(model_dir),
+            word_vectors=str(vectors), vse_head="conse", conse_top=2, epochs=1, steps_per_epoch=2, batch_size=16,
+            verbose=0)
+    report = run_api(mode="test", model_dir=str(model_dir))
+    semantic = report["semantic"]
+    assert semantic["zero_shot"]["chance"]["top1_accuracy"] == 1 / 2 and semantic["seen"]["images"] > 0
+    features = np.load(model_dir / report["features_file"])["features"]
+    assert features.shape[1] == 8
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    saved = np.load(model_dir / "class_vectors.npz")
+    seen = saved["vectors"][saved["seen"]]
+    # a convex combination of at most 2 seen class vectors: its residual on two of them is ~0 for some pair
+    pairs = [(i, j) for i in range(len(seen)) for j in range(i + 1, len(seen))]
+    for v in features[:5]:
+        residuals = [np.linalg.lstsq(seen[[i, j]].T, v, rcond=None)[1] for i, j in pairs]
+        assert min(float(r[0]) if len(r) else 0.0 for r in residuals) < 1e-8
+    evaluated = run_api(mode="evaluate", model_dir=str(model_dir))
+    assert np.isfinite(evaluated["loss"]) and evaluated["loss"] > 0
+    exported = run_api(mode="export", model_dir=str(model_dir))
+    assert exported["embedding_dim"] == 8
+    loaded = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
+    images = np.zeros((2, 32, 32, 3), np.uint8) + 255
+    embedded = loaded.embed_images(images)["embedding"].numpy()
+    assert embedded.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+    labelled = loaded.label_images(images, tf.constant(["bear", "sea turtle"]))
+    assert labelled["scores"].numpy().shape == (2, 2)
+
+
+def test_a_classifier_warm_starts_the_vse_trunk_and_leaves_the_projection_fresh():
+    import models
+    from training.warm_start import copy_matching_layers
+
+    source = models.build_model("sknet", input_size=32, channels=3, num_classes=10)
+    target = models.build_model("vse", input_size=32, channels=3, num_classes=4, semantic_dim=8)
+    done = copy_matching_layers(source, target)
+    assert done["kept_fresh"] == ["projection"]
+    for name in done["copied"]:
+        for a, b in zip(source.get_layer(name).get_weights(), target.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)

@@ -4,7 +4,7 @@ A sketch classifier trained on Quick, Draw! and an embedding network on Sketchy 
 (models/sknet.py, models/skresnet.py name its layers alike), so the embedding network can start from
 what the classifier learned. Every weighted trunk layer of the new model must be found in the source
 with weights of the same shapes (another backbone, image size or channel count is refused, naming
-both sides); the head (`logits`, `embedding`, `proxies`, and `features` / `fc`) is copied where it
+both sides); the head (`logits`, `embedding`, `proxies`, vse's `projection`, and `features` / `fc`) is copied where it
 fits and otherwise keeps its fresh weights. Grey and colour models warm-start each other: the first
 convolution's kernel is summed over colour (3 -> 1) or shared equally among them (1 -> 3), which gives
 the same response to a grey image, e.g. a Quick, Draw! classifier for Sketchy's 3-channel images.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-HEAD_LAYERS = frozenset({"logits", "embedding", "proxies", "features", "fc"})
+HEAD_LAYERS = frozenset({"logits", "embedding", "proxies", "features", "fc", "projection"})
 # A classifier's 1024-unit `features` layer is the layer an embedding network calls `fc`.
 SOURCE_NAMES = {"fc": ("fc", "features")}
 

@@ -12,7 +12,9 @@ drawings by cosine.
   the exported `embed_text` needs, `vocabulary.npz` (the first -vse_vocabulary words plus every class
   name's words, raw vectors). Training reads the `train` split only: its classes (seen) with a vector,
   labels renumbered to rows of their vector matrix; the loss is -vse_loss (DeViSE's hinge rank loss with
-  -vse_margin against every other seen class, or 1 - cos). A class name without a vector is refused
+  -vse_margin against every other seen class, or 1 - cos); with -vse_head conse (ConSE) a classifier of the
+  seen classes trained by cross-entropy, whose top -conse_top classes' vectors, weighted by their
+  probabilities, make `semantic`. A class name without a vector is refused
   by name, one line, unless -allow_missing_vectors, which leaves its records out (counted). Validation:
   the test split's images of those classes, `val_accuracy` = nearest seen class vector (the monitor).
 - test: `semantic` of the test split to features_test.npz with its leave-one-out retrieval report, and
@@ -42,7 +44,7 @@ from configuration_sketch import SemanticConfig
 from data_prep import tfrecords, word_vectors
 from data_prep.pipeline import load_split
 from models import vse as vse_model
-from models.losses import CosineRegressionLoss, DeViSEHingeLoss
+from models.losses import ConSECrossEntropy, CosineRegressionLoss, DeViSEHingeLoss
 from retrieval import metrics as retrieval_metrics
 from serving.features import save_features
 from training import evaluation
@@ -179,7 +181,8 @@ class NearestVectorAccuracy(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        scores = tf.matmul(tf.cast(y_pred, tf.float32), tf.constant(self.class_vectors), transpose_b=True)
+        semantic = tf.cast(y_pred, tf.float32)[:, :self.class_vectors.shape[1]]  # conse: logits follow
+        scores = tf.matmul(semantic, tf.constant(self.class_vectors), transpose_b=True)
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
         hits = tf.cast(tf.equal(tf.argmax(scores, axis=1), labels), tf.float32)
         self.correct.assign_add(tf.reduce_sum(hits))
@@ -283,6 +286,8 @@ class VisualSemanticTask(Task):
             raise ValueError(f"Invalid value for -vse_margin: {margin!r}. Expected a finite number > 0.")
         if config.vse_vocabulary < 1:
             raise ValueError(f"Invalid value for -vse_vocabulary: {config.vse_vocabulary}. Expected an integer >= 1.")
+        if config.conse_top < 1:
+            raise ValueError(f"Invalid value for -conse_top: {config.conse_top}. Expected an integer >= 1.")
         try:
             vse_model.check_trunk(config.vse_trunk)
         except ValueError as e:
@@ -313,14 +318,18 @@ class VisualSemanticTask(Task):
         if run.train.mode == "train":
             run.model_dir.mkdir(parents=True, exist_ok=True)
             save_space(space, run.model_dir)
+        config = run.config(SemanticConfig)
         kwargs = {"dropout": run.model.dropout} if run.model.dropout >= 0 else {}
+        if config.vse_head == "conse":
+            kwargs.update(head="conse", class_vectors=space.train_vectors, conse_top=config.conse_top)
         return models.build_model("vse", input_size=run.model.image_size, channels=run.model.channels,
                                   num_classes=len(space.train_classes), semantic_dim=space.dim,
-                                  trunk=run.config(SemanticConfig).vse_trunk, bn_momentum=run.model.bn_momentum,
-                                  **kwargs)
+                                  trunk=config.vse_trunk, bn_momentum=run.model.bn_momentum, **kwargs)
 
     def make_loss(self, run: Run) -> keras.losses.Loss:
         config, vectors = run.config(SemanticConfig), self.space(run).train_vectors
+        if config.vse_head == "conse":
+            return ConSECrossEntropy(int(vectors.shape[1]), run.train.label_smoothing)
         if config.vse_loss == "cosine":
             return CosineRegressionLoss(vectors)
         return DeViSEHingeLoss(vectors, margin=config.vse_margin)
@@ -369,13 +378,15 @@ class VisualSemanticTask(Task):
     # ------------------------------------------------------------ judging
 
     def embed_split(self, run: Run, model: keras.Model, split: str) -> dict | None:
-        """{'semantic': [N, D], 'labels': [N] (data set labels), 'key_ids'} of every image of `split`, or None."""
+        """{'semantic': [N, D], 'labels': [N] (data set labels), 'key_ids'} of every image of `split` (and
+        'logits' [N, C] of a conse model), or None."""
         if run.num_examples(split) == 0:
             return None
         ds = load_split(run.data_path, split, run.pipeline.batch_size, image_size=run.model.image_size,
                         channels=run.model.channels, cycle_length=run.pipeline.cycle_length, render=render_mode(run),
                         time_channels=run.pipeline.time_channels, with_key_ids=True)
-        return evaluation.run_inference(model, ds, (SEMANTIC_LAYER,), run.train.jit_compile)
+        layers = (SEMANTIC_LAYER,) + ((vse_model.LOGITS_LAYER,) if vse_model.has_logits(model) else ())
+        return evaluation.run_inference(model, ds, layers, run.train.jit_compile)
 
     def semantic_report(self, space: SemanticSpace, seen_split: dict | None, unseen_split: dict | None) -> dict:
         """Every labelling and text->image figure with its chance (see the module docstring)."""
@@ -437,14 +448,17 @@ class VisualSemanticTask(Task):
         figures = label_figures(data[SEMANTIC_LAYER], data["labels"], space.vectors, space.train_classes)
         rows = space.train_label_map()[data["labels"]]
         kept = rows >= 0
-        loss = float(self.make_loss(run)(rows[kept], data[SEMANTIC_LAYER][kept])) if kept.any() else None
+        outputs = data[SEMANTIC_LAYER]
+        if vse_model.LOGITS_LAYER in data:
+            outputs = np.concatenate([outputs, data[vse_model.LOGITS_LAYER]], axis=1)
+        loss = float(self.make_loss(run)(rows[kept], outputs[kept])) if kept.any() else None
         return {"split": self.test_split, "num_examples": figures["images"], "loss": loss, **figures}
 
     def export(self, run: Run, model: keras.Model, export_dir: pathlib.Path) -> dict:
         from serving import vse_export
 
         space = self.space(run)
-        return vse_export.export_vse_model(model, export_dir, class_names=run.class_names,
+        return vse_export.export_vse_model(vse_model.semantic_branch(model), export_dir, class_names=run.class_names,
                                            image_size=run.model.image_size, channels=run.model.channels,
                                            polarity=training_polarity(self, run), raster=trained_raster(run),
                                            words=space.words, word_vectors=space.word_vectors,
