@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy_lr_multiplier", type=float, default=None,
                         help="-proxy_lr_multiplier of the proxy-loss runs (default: the flag's default)")
     parser.add_argument("--bits", default=",".join(map(str, BITS)), help="deephash code lengths, comma-separated")
+    parser.add_argument("--quantization_weight", type=float, default=None,
+                        help="-quantization_weight of the deephash runs (default: the flag's default)")
     parser.add_argument("--out", default=str(RESULTS / "retrieval_quality.json"))
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if "quickdraw" in parts:
             quickdraw_part(tmp, qd_data, args, budget, results, started)
         if "deephash" in parts:
-            deephash_part(tmp, qd_data, budget, results, started, [int(b) for b in args.bits.split(",")], args.out)
+            deephash_part(tmp, qd_data, budget, results, started, [int(b) for b in args.bits.split(",")], args.out,
+                          args.quantization_weight)
     print(format_tables(results))
     return 0
 
@@ -265,12 +268,15 @@ def quickdraw_part(tmp: pathlib.Path, qd_data: pathlib.Path, args, budget: dict,
 
 
 def deephash_part(tmp: pathlib.Path, qd_data: pathlib.Path, budget: dict, results: dict, started: float,
-                  bits_list=BITS, out: str = str(RESULTS / "retrieval_quality.json")) -> None:
-    """Deep hashing at each code length on the Quick, Draw! set: Hamming against float mAP."""
+                  bits_list=BITS, out: str = str(RESULTS / "retrieval_quality.json"),
+                  quantization_weight: float | None = None) -> None:
+    """Deep hashing at each code length on the Quick, Draw! set: Hamming against float mAP (with the
+    flag's default quantization weight unless one is given)."""
     hashing: dict = {}
+    extra = {} if quantization_weight is None else {"quantization_weight": quantization_weight}
     for bits in bits_list:
         report = train_and_test(qd_data, tmp / f"qd_deephash{bits}", budget,
-                                {"model": "deephash", "bits": bits, "classes_per_batch": 16, "per_class": 4})
+                                {"model": "deephash", "bits": bits, "classes_per_batch": 16, "per_class": 4, **extra})
         hashing[str(bits)] = {"hamming_map": report["map"], "float_map": report["float_map"],
                               "search": report["search"], "run": report["run"]}
     results["deephash_quickdraw"] = hashing
