@@ -394,7 +394,7 @@ class DeepHashLoss(TripletLoss):
         miner: str = "batch_hard",
         squared: bool = False,
         distance: str = "l2",
-        quantization_weight: float = 0.01,
+        quantization_weight: float = 0.03,
         margin_start: float | None = None,
         margin_ramp_steps: int = 0,
         name: str = "deep_hash_loss",
