@@ -8,7 +8,8 @@ plain image both with raster_tf's default renderer under XLA (culling) and with 
 Images/s of a shuffled, repeating training stream, batches of 256, after 8 warm-up batches; drawn
 streams best of 2 passes over the same batches (XLA compilation of the few batch shapes excluded:
 a shape first met after the warm-up compiles in the first pass, 1-3 s, longer than a pass at 28 px).
-Also the on-disk bytes of both stores.
+Also the on-disk bytes of both stores, and the floor under any renderer: the strokes-only stream at
+28 px with drawing replaced by blank images (parsing, padding and batching only), in the same run.
 
 Then whether drawing is the bottleneck of a training step (bench/train.py's step-time comparison):
 skNet's step time fed by the training stream of train_sketch_net.py drawing on the fly (with and
@@ -22,6 +23,7 @@ Writes bench/results/render_pipeline.json. Run: `python -m bench.render_pipeline
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import tempfile
@@ -55,6 +57,25 @@ def images_per_second(ds, images: int, warm_up: int = WARM_UP) -> float:
     return input_pipeline.images_per_second(ds, images, warm_up)
 
 
+@contextlib.contextmanager
+def drawing_skipped():
+    """load_split's on-the-fly streams with blank images instead of drawn ones: what the stream costs
+    without a renderer (a measurement device; never used outside this benchmark)."""
+    import tensorflow as tf
+
+    def blank_rasterizer(image_size, *args, **kwargs):
+        def blank(points, stroke_ids, num_points):
+            return tf.zeros(tf.stack([tf.shape(points)[0], image_size, image_size, 1]), tf.float32)
+        return blank
+
+    real = pipeline.compiled_rasterizer
+    pipeline.compiled_rasterizer = blank_rasterizer
+    try:
+        yield
+    finally:
+        pipeline.compiled_rasterizer = real
+
+
 def build(out: pathlib.Path, store: str) -> pathlib.Path:
     config = QuickDrawBuildConfig(source=str(SOURCE), format="simplified", categories="all", train_per_class=25,
                                   test_per_class=0, out=str(out), shards=8, workers=2, store=store)
@@ -82,6 +103,11 @@ def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
     baseline = images_per_second(stream(both), STORED_IMAGES)
     results["stored_28_images_per_s"] = round(baseline)
     print(f"stored 28 px images: {baseline:,.0f} img/s; shard bytes {results['shard_bytes']}")
+    with drawing_skipped():
+        floor = images_per_second(stream(strokes, image_size=28), STORED_IMAGES // 2)
+    results["undrawn_28_images_per_s"] = round(floor)
+    results["undrawn_ratio_to_stored"] = round(floor / baseline, 3)
+    print(f"strokes parsed and padded, not drawn (28 px): {floor:,.0f} img/s, {floor / baseline:.3f} x stored")
     print(f"{'size':>5} {'time channels':>14} {'renderer':>9} {'drawn img/s':>12} {'x stored':>9}")
     for size, count in DRAWN_IMAGES.items():
         for time_channels, renderer in ((False, "auto"), (False, "dense"), (True, "auto")):
