@@ -6,7 +6,8 @@ setting) at 28, 64 and 128 px, with and without the three time channels. Speed i
 CPU-second of this process (all its threads), the best of REPEATS passes after one warm-up pass
 (compilation excluded); the TensorFlow rows run under `tf.function(jit_compile=True)` (the plain
 image with the default renderer there, culling, and with the dense one), and once without XLA for
-the plain image (dense). Difference is the mean absolute pixel difference (0..255) from
+the plain image (dense). The `cpu` rows draw the same batches with `data_prep.raster_cpu` (the input
+pipeline's compiled renderer of the same images). Difference is the mean absolute pixel difference (0..255) from
 skia, per channel. Writes bench/results/raster_tf.json. Run: `python -m bench.raster_tf`.
 """
 
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from bench.machine import describe_machine
 from bench.raster import RESULTS, load_drawings
-from data_prep import raster, raster_tf
+from data_prep import raster, raster_cpu, raster_tf
 
 SIZES = (28, 64, 128)
 DRAWINGS_PER_CATEGORY = 3
@@ -52,6 +53,13 @@ def tf_method(size: int, time_channels: bool, jit: bool, method: str = "auto") -
     return lambda bs: np.concatenate([fn(b.points, b.stroke_ids, b.num_points).numpy() for b in bs])
 
 
+def cpu_method(size: int, time_channels: bool) -> Callable[[list], np.ndarray]:
+    """All batches through raster_cpu.rasterize_batch, as one (N, H, W, C) uint8 array."""
+    return lambda bs: np.concatenate([raster_cpu.rasterize_batch(b.points, b.stroke_ids, b.num_points,
+                                                                 image_size=size, time_channels=time_channels)
+                                      for b in bs])
+
+
 def measure(fn: Callable, data, repeats: int = REPEATS) -> tuple[float, np.ndarray]:
     """(drawings per CPU-second, best of `repeats` after a warm-up pass; the images of the last pass)."""
     images = fn(data)
@@ -76,7 +84,9 @@ def run(drawings: list, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) 
                    "tf_xla": (False, measure(tf_method(size, False, True), tf_batches, repeats)),
                    "tf_xla_dense": (False, measure(tf_method(size, False, True, "dense"), tf_batches, repeats)),
                    "tf_xla_time_channels": (True, measure(tf_method(size, True, True), tf_batches, repeats)),
-                   "tf_graph_no_xla": (False, measure(tf_method(size, False, False), tf_batches, repeats))}
+                   "tf_graph_no_xla": (False, measure(tf_method(size, False, False), tf_batches, repeats)),
+                   "cpu": (False, measure(cpu_method(size, False), tf_batches, repeats)),
+                   "cpu_time_channels": (True, measure(cpu_method(size, True), tf_batches, repeats))}
         for name, (tc, (speed, images)) in methods.items():
             reference = skia[tc][1].reshape(images.shape).astype(np.int16)
             mad = np.abs(images.astype(np.int16) - reference).mean(axis=(0, 1, 2))

@@ -50,6 +50,16 @@ DRAWN_PASSES = 2  # drawn streams: best of 2 passes, the first also compiles bat
 # Step-time comparison: (size, time channels, batch, timed steps) as in bench/train.py, and its rounds.
 STEP_CASES = ((28, False, 64, 12), (64, True, 32, 8))
 ROUNDS = 6
+# Drawn streams: (load_split renderer, time channels, raster_tf.DEFAULT_METHOD for the graph renderer).
+RENDERER_CASES = (("cpu", False, "auto"), ("cpu", True, "auto"), ("graph", False, "auto"), ("graph", False, "dense"),
+                  ("graph", True, "auto"))
+
+
+def clear_renderers() -> None:
+    """Forget the traced renderers, so the next stream traces raster_tf with the current DEFAULT_METHOD."""
+    pipeline.rasterizer.cache_clear()
+    pipeline.record_rasterizer.cache_clear()
+    pipeline.compiled_rasterizer.cache_clear()
 
 
 def images_per_second(ds, images: int, warm_up: int = WARM_UP) -> float:
@@ -63,17 +73,20 @@ def drawing_skipped():
     without a renderer (a measurement device; never used outside this benchmark)."""
     import tensorflow as tf
 
-    def blank_rasterizer(image_size, *args, **kwargs):
+    def blank_rasterizer(renderer, image_size, *args, **kwargs):
         def blank(points, stroke_ids, num_points):
-            return tf.zeros(tf.stack([tf.shape(points)[0], image_size, image_size, 1]), tf.float32)
+            return tf.zeros(tf.stack([tf.shape(points)[0], image_size, image_size, 1]), tf.uint8)
         return blank
 
-    real = pipeline.compiled_rasterizer
-    pipeline.compiled_rasterizer = blank_rasterizer
+    def blank_record_rasterizer(image_size, *args, **kwargs):
+        return lambda points, lengths: blank_rasterizer("cpu", image_size)(points.row_splits[1:], None, None)
+
+    real = pipeline.rasterizer, pipeline.record_rasterizer
+    pipeline.rasterizer, pipeline.record_rasterizer = blank_rasterizer, blank_record_rasterizer
     try:
         yield
     finally:
-        pipeline.compiled_rasterizer = real
+        pipeline.rasterizer, pipeline.record_rasterizer = real
 
 
 def build(out: pathlib.Path, store: str) -> pathlib.Path:
@@ -110,16 +123,16 @@ def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
     print(f"strokes parsed and padded, not drawn (28 px): {floor:,.0f} img/s, {floor / baseline:.3f} x stored")
     print(f"{'size':>5} {'time channels':>14} {'renderer':>9} {'drawn img/s':>12} {'x stored':>9}")
     for size, count in DRAWN_IMAGES.items():
-        for time_channels, renderer in ((False, "auto"), (False, "dense"), (True, "auto")):
-            raster_tf.DEFAULT_METHOD = renderer
-            pipeline.compiled_rasterizer.cache_clear()  # traced anew with this renderer
+        for renderer, time_channels, method in RENDERER_CASES:
+            raster_tf.DEFAULT_METHOD = method
+            clear_renderers()  # traced anew with this method
             try:
-                rate = max(images_per_second(stream(strokes, image_size=size, time_channels=time_channels), count)
-                           for _ in range(DRAWN_PASSES))
+                rate = max(images_per_second(stream(strokes, image_size=size, time_channels=time_channels,
+                                                    renderer=renderer), count) for _ in range(DRAWN_PASSES))
             finally:
                 raster_tf.DEFAULT_METHOD = "auto"
-                pipeline.compiled_rasterizer.cache_clear()
-            name = "dense" if time_channels or renderer == "dense" else "culled"
+                clear_renderers()
+            name = "cpu" if renderer == "cpu" else "dense" if time_channels or method == "dense" else "culled"
             results["rows"].append({"image_size": size, "time_channels": time_channels, "renderer": name,
                                     "images_per_s": round(rate), "ratio_to_stored": round(rate / baseline, 3)})
             print(f"{size:>5} {str(time_channels):>14} {name:>9} {rate:>12,.0f} {rate / baseline:>9.3f}")

@@ -6,15 +6,18 @@ raw image bytes with one `decode_raw` per batch, and prefetches.
 
 On-the-fly rendering (`render="on_the_fly"`): a data set whose records keep their strokes (every
 Quick, Draw! build; `--store strokes` keeps nothing else) is read as batches of parsed strokes,
-padded (`raster_tf.pad_records`) and drawn by `raster_tf.rasterize_batch` with the data set's raster
-settings (line width, padding, frame, normalize) at any image size, with or without time channels:
-one vectorised render per batch, in the tf.data graph, compiled by XLA, on the batch's points cut
-to its longest drawing (POINT_BUCKET times a power of two: few shapes to compile), in groups of GROUP
-drawings sorted by length (the drawing loop runs to a group's longest drawing, not the batch's). On 2
-CPU cores that drew 12,500-17,000 images/s at 28 px (about a tenth of reading stored images; the
-culling renderer is 1.0-1.1x the dense one at 28 px, 1.3x at 64, 1.8-2.8x at 128: BENCHMARKS.md) where
-the plain graph over raster_tf.MAX_POINTS drew 750. A training stream may pass `stroke_augment`
-(training.augment.stroke_augmenter), applied to the padded points before drawing; evaluation never does.
+padded (`raster_tf.pad_records`) and drawn with the data set's raster settings (line width, padding,
+frame, normalize) at any image size, with or without time channels, by one of two renderers of the
+same images (`renderer`, RENDERERS):
+  "cpu" (default): `raster_cpu`'s compiled loop through `tf.numpy_function`, on the batch padded to its
+  longest drawing; it visits only the pixels within reach of each segment and releases the GIL, so
+  tf.data's parallel calls draw on every core. The input pipeline runs on the host CPU whatever
+  device trains, so this is the renderer for training (BENCHMARKS.md: several times the other's rate).
+  "graph": `raster_tf.rasterize_batch` in the tf.data graph under XLA (the SavedModel's renderer), on the
+  batch's points cut to its longest drawing (POINT_BUCKET times a power of two: few shapes to
+  compile), in groups of GROUP drawings sorted by length.
+A training stream may pass `stroke_augment` (training.augment.stroke_augmenter), applied to the padded
+points before drawing; evaluation never does.
 `render_plan` says which of the two a data set and a request need, or why neither serves.
 """
 
@@ -27,12 +30,13 @@ from typing import Any, Callable, Iterable
 
 import tensorflow as tf
 
-from data_prep import raster_tf, tfrecords
+from data_prep import raster_cpu, raster_tf, tfrecords
 from serving.preprocess import JPEG_MAGIC, model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
 STROKE_FEATURES = ("strokes/points", "strokes/lengths", "strokes/dims")
 POINT_BUCKET = 128  # drawn batches are cut to this many points, or a power of two times it
+RENDERERS = ("cpu", "graph")  # on-the-fly drawing: raster_cpu's compiled loop, or raster_tf under XLA
 GROUP = 32  # drawings drawn together, sorted by length: the loop runs to each group's longest drawing
 StrokeAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -101,6 +105,39 @@ def compiled_rasterizer(image_size: int, line_width: float, padding: float, fram
     return tf.function(grouped, jit_compile=True)
 
 
+@functools.lru_cache(maxsize=None)
+def rasterizer(renderer: str, image_size: int, line_width: float, padding: float, frame: int, time_channels: bool,
+               normalize: str) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """(points, stroke_ids, num_points) of a padded batch -> uint8 images [B, S, S, 1 | 3] for one raster
+    setting: "cpu" is raster_cpu.rasterize_batch through tf.numpy_function, "graph" raster_tf under XLA."""
+    if renderer == "graph":
+        return compiled_rasterizer(image_size, line_width, padding, frame, time_channels, normalize)
+    return _numpy_renderer(raster_cpu.rasterize_batch, image_size, time_channels, line_width=line_width,
+                           padding=padding, frame=frame, normalize=normalize)
+
+
+@functools.lru_cache(maxsize=None)
+def record_rasterizer(image_size: int, line_width: float, padding: float, frame: int, time_channels: bool,
+                      normalize: str, dims: int) -> Callable[[tf.RaggedTensor, tf.RaggedTensor], tf.Tensor]:
+    """(strokes/points, strokes/lengths) ragged as parsed -> uint8 images, by raster_cpu.rasterize_records:
+    the "cpu" renderer without building a padded batch."""
+    draw = _numpy_renderer(raster_cpu.rasterize_records, image_size, time_channels, dims=dims, line_width=line_width,
+                           padding=padding, frame=frame, normalize=normalize)
+    return lambda points, lengths: draw(points.flat_values, points.row_splits, lengths.flat_values, lengths.row_splits)
+
+
+def _numpy_renderer(function: Callable, image_size: int, time_channels: bool, **options) -> Callable[..., tf.Tensor]:
+    """`function(*arrays, image_size=, time_channels=, **options)` as a graph op (tf.numpy_function)."""
+    draw = functools.partial(function, image_size=image_size, time_channels=time_channels, **options)
+    shape = [None, image_size, image_size, 3 if time_channels else 1]
+
+    @tf.autograph.experimental.do_not_convert
+    def op(*tensors):
+        return tf.ensure_shape(tf.numpy_function(draw, list(tensors), tf.uint8, stateful=False), shape)
+
+    return op
+
+
 def trim(batch: raster_tf.StrokeBatch) -> raster_tf.StrokeBatch:
     """The padded batch cut to its longest drawing, rounded up to POINT_BUCKET times a power of two: less
     per-point work, and few shapes for XLA to compile."""
@@ -111,16 +148,25 @@ def trim(batch: raster_tf.StrokeBatch) -> raster_tf.StrokeBatch:
 
 
 def render_strokes(features: dict[str, tf.Tensor], info: dict[str, Any], image_size: int, time_channels: bool,
-                   augment: StrokeAugment | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """A parsed batch's strokes as uint8 images [B, S, S, 1 | 3], drawn with the data set's raster settings."""
+                   augment: StrokeAugment | None = None, seed: tf.Tensor | None = None,
+                   renderer: str = "cpu") -> tf.Tensor:
+    """A parsed batch's strokes as uint8 images [B, S, S, 1 | 3], drawn with the data set's raster settings
+    by `renderer` (RENDERERS)."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"Invalid value for argument `renderer`: {renderer!r}. Expected one of {RENDERERS}.")
     settings = info["raster"]
-    batch = trim(raster_tf.pad_records(features["strokes/points"], features["strokes/lengths"], stroke_dims(info)))
+    options = (int(image_size), float(settings["line_width"]), float(settings["padding"]), int(settings["frame"]),
+               bool(time_channels))
+    points, lengths = features["strokes/points"], features["strokes/lengths"]
+    if renderer == "cpu" and augment is None:
+        return record_rasterizer(*options, settings["normalize"], stroke_dims(info))(points, lengths)
+    batch = raster_tf.pad_records(points, lengths, stroke_dims(info), fixed=renderer == "graph")
+    if renderer == "graph":
+        batch = trim(batch)
     points, normalize = batch.points, settings["normalize"]
     if augment is not None:
         points, normalize = augment(points, batch.stroke_ids, batch.num_points, seed), "never"
-    draw = compiled_rasterizer(int(image_size), float(settings["line_width"]), float(settings["padding"]),
-                               int(settings["frame"]), bool(time_channels), normalize)
-    return draw(points, batch.stroke_ids, batch.num_points)
+    return rasterizer(renderer, *options, normalize)(points, batch.stroke_ids, batch.num_points)
 
 
 def decode_images(raw: tf.Tensor, spec: tfrecords.FeatureSpec) -> tf.Tensor:
@@ -178,7 +224,8 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
                seed: int | None = None, drop_remainder: bool = False, with_key_ids: bool = False,
                cycle_length: int = 4, shuffle_buffer: int = 10000,
                record_filter: Callable[[tf.Tensor], tf.Tensor] | None = None, render: str = "auto",
-               time_channels: bool = False, stroke_augment: StrokeAugment | None = None) -> tf.data.Dataset:
+               time_channels: bool = False, stroke_augment: StrokeAugment | None = None,
+               renderer: str = "cpu") -> tf.data.Dataset:
     """Batches of (image float32 [B, H, W, C] in [0, 1], label int32 [B]) from one split.
 
     With `shuffle=False` the order is fixed (evaluation); with `with_key_ids=True` each
@@ -212,7 +259,7 @@ def load_split(data_dir: str | os.PathLike, split: str, batch_size: int, image_s
             pixels = features["image"]
         else:
             pixels = render_strokes(features, info, image_size or info["raster"]["image_size"], time_channels,
-                                    stroke_augment, tf.stack([tf.constant(seed or 0, tf.int64), index]))
+                                    stroke_augment, tf.stack([tf.constant(seed or 0, tf.int64), index]), renderer)
         image = model_input(pixels, image_size, channels)
         label = tf.cast(features["label"], tf.int32)
         return (image, label, features[id_feature]) if with_key_ids else (image, label)

@@ -126,12 +126,12 @@ def _ragged(values: tf.RaggedTensor | tf.SparseTensor) -> tf.RaggedTensor:
 
 
 def pad_records(points: tf.RaggedTensor | tf.SparseTensor, lengths: tf.RaggedTensor | tf.SparseTensor, dims: int,
-                max_points: int = MAX_POINTS) -> StrokeBatch:
+                max_points: int = MAX_POINTS, fixed: bool = True) -> StrokeBatch:
     """Parsed records' `strokes/points` [B, None] (flat, row-major) and `strokes/lengths` [B, None] as a StrokeBatch.
 
     Ragged or sparse (as `tf.io.parse_example` returns them). `dims` (2 or 3) is the data set's
-    `strokes/dims`; P is max_points (fixed, so batches keep one shape); points beyond it are cut
-    and counted.
+    `strokes/dims`; P is max_points (fixed, so batches keep one shape for XLA), or with fixed=False
+    the batch's longest drawing within it (less to pad); points beyond max_points are cut and counted.
     """
     points, lengths = _ragged(points), _ragged(lengths)
     points = tf.RaggedTensor.from_row_lengths(
@@ -142,8 +142,9 @@ def pad_records(points: tf.RaggedTensor | tf.SparseTensor, lengths: tf.RaggedTen
     counts = tf.cast(points.row_lengths(), tf.int32)
     kept = tf.minimum(counts, max_points)
     batch = tf.shape(counts, tf.int64)[0]
-    return StrokeBatch(points.to_tensor(0.0, shape=tf.stack([batch, max_points, dims])),
-                       stroke_ids.to_tensor(-1, shape=tf.stack([batch, max_points])), kept, counts - kept)
+    width = tf.constant(max_points, tf.int64) if fixed else tf.cast(tf.reduce_max(tf.concat([kept, [1]], 0)), tf.int64)
+    return StrokeBatch(points.to_tensor(0.0, shape=tf.stack([batch, width, dims])),
+                       stroke_ids.to_tensor(-1, shape=tf.stack([batch, width])), kept, counts - kept)
 
 
 def _valid_points(points: tf.Tensor, num_points: tf.Tensor) -> tf.Tensor:

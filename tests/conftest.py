@@ -37,6 +37,47 @@ def sketchy_dir() -> pathlib.Path:
     return SKETCHY
 
 
+def _first_drawings(path: pathlib.Path, count: int) -> list[list[np.ndarray]]:
+    """The first `count` drawings of an ndjson file, read by the project's reader."""
+    from data_prep import quickdraw
+
+    reader = quickdraw.read_ndjson(path)
+    return [next(reader).strokes for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def simplified(quickdraw_dir) -> list[list[np.ndarray]]:
+    """344 real simplified drawings: the first of every category."""
+    drawings = [_first_drawings(p, 1)[0] for p in sorted((quickdraw_dir / "simplified").glob("*.ndjson"))]
+    assert len(drawings) == 344
+    return drawings
+
+
+@pytest.fixture(scope="session")
+def raw(quickdraw_dir) -> list[list[np.ndarray]]:
+    """173 real raw drawings (x, y, t; screen coordinates): the first of every second category."""
+    drawings = [_first_drawings(p, 1)[0] for p in sorted((quickdraw_dir / "raw").glob("*.ndjson"))[::2]]
+    assert all(d[0].shape[1] == 3 for d in drawings)
+    return drawings
+
+
+@pytest.fixture(scope="session")
+def edge_cases() -> list[list[np.ndarray]]:
+    """Drawings that stress a rasterizer's clipping and windows: a lone point, long segments across (and
+    far outside) the frame, a stroke that crosses itself, non-finite points, two empty drawings (last)."""
+    nan = np.nan
+    return [
+        [np.array([[100.0, 100.0]])],
+        [np.array([[0.0, 0.0], [255.0, 255.0]]), np.array([[255.0, 0.0], [0.0, 255.0]])],
+        [np.array([[-5000.0, 128.0], [5000.0, 130.0]]), np.array([[0.0, 0.0], [255.0, 255.0]])],
+        [np.array([[0.0, 0.0], [255.0, 3.0], [0.0, 6.0], [255.0, 9.0], [0.0, 0.0]])],
+        [np.array([[10.0, 10.0], [nan, 50.0], [200.0, 40.0], [np.inf, 0.0], [30.0, 220.0]]), np.array([[nan, nan]])],
+        [np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]), np.array([[250.0, 250.0]])],
+        [],
+        [np.zeros((0, 2))],
+    ]
+
+
 TRAIN_CATEGORIES = "apple,bicycle,cat,fish,house,star,tree,umbrella"
 
 

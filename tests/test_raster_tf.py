@@ -8,34 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import quickdraw, quickdraw_build, raster, raster_tf, tfrecords
+from data_prep import quickdraw_build, raster, raster_tf, tfrecords
 
 # Mean absolute difference (0..255) from skia, the issue's bounds. Measured over the fixtures below
 # (channel 0 / order / time): simplified 2.41 / 2.16 / 1.48 at 28 px, 1.00 / 0.91 / 0.62 at 64,
 # 0.50 / 0.46 / 0.33 at 128; raw 2.33 / 2.14 / 1.83 at 28 (0.94 / 0.87 / 0.69 at 64).
 MAX_MAD = {28: 3.0, 64: 2.0, 128: 2.0}
-
-
-def _first(path, count: int) -> list[list[np.ndarray]]:
-    """The first `count` drawings of an ndjson file, read by the project's reader."""
-    reader = quickdraw.read_ndjson(path)
-    return [next(reader).strokes for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def simplified(quickdraw_dir) -> list[list[np.ndarray]]:
-    """344 real simplified drawings: the first of every category."""
-    drawings = [_first(p, 1)[0] for p in sorted((quickdraw_dir / "simplified").glob("*.ndjson"))]
-    assert len(drawings) == 344
-    return drawings
-
-
-@pytest.fixture(scope="module")
-def raw(quickdraw_dir) -> list[list[np.ndarray]]:
-    """173 real raw drawings (x, y, t; screen coordinates): the first of every second category."""
-    drawings = [_first(p, 1)[0] for p in sorted((quickdraw_dir / "raw").glob("*.ndjson"))[::2]]
-    assert all(d[0].shape[1] == 3 for d in drawings)
-    return drawings
 
 
 @functools.cache
@@ -261,22 +239,6 @@ def test_bad_points_shape_raises():
         raster_tf.rasterize_batch(np.zeros((1, 2, 4), np.float32), np.zeros((1, 2), np.int32), [2])
 
 
-def _edge_cases() -> list[list[np.ndarray]]:
-    """Drawings that stress the culling renderer's clipping and windows: a lone point, long segments
-    across (and far outside) the frame, a stroke that crosses itself, non-finite points, empty drawings."""
-    nan = np.nan
-    return [
-        [np.array([[100.0, 100.0]])],
-        [np.array([[0.0, 0.0], [255.0, 255.0]]), np.array([[255.0, 0.0], [0.0, 255.0]])],
-        [np.array([[-5000.0, 128.0], [5000.0, 130.0]]), np.array([[0.0, 0.0], [255.0, 255.0]])],
-        [np.array([[0.0, 0.0], [255.0, 3.0], [0.0, 6.0], [255.0, 9.0], [0.0, 0.0]])],
-        [np.array([[10.0, 10.0], [nan, 50.0], [200.0, 40.0], [np.inf, 0.0], [30.0, 220.0]]), np.array([[nan, nan]])],
-        [np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]), np.array([[250.0, 250.0]])],
-        [],
-        [np.zeros((0, 2))],
-    ]
-
-
 @functools.cache
 def _compiled_method(image_size: int, method: str, normalize: str = "auto"):
     return tf.function(functools.partial(raster_tf.rasterize_batch, image_size=image_size, method=method,
@@ -284,9 +246,9 @@ def _compiled_method(image_size: int, method: str, normalize: str = "auto"):
 
 
 @pytest.mark.parametrize("size", [28, 64, 128])
-def test_culled_equals_dense(simplified, size):
+def test_culled_equals_dense(simplified, edge_cases, size):
     """The culling renderer draws the dense renderer's plain image: real drawings and edge cases, under XLA."""
-    drawings = simplified + _edge_cases()
+    drawings = simplified + edge_cases
     batch = raster_tf.pad_drawings(drawings)
     dense = _compiled_method(size, "dense")(*batch[:3]).numpy()
     culled = _compiled_method(size, "culled")(*batch[:3]).numpy()
@@ -298,10 +260,10 @@ def test_culled_equals_dense(simplified, size):
     assert not culled[-2:].any()  # empty drawings are black
 
 
-def test_culled_without_xla_and_bad_input(simplified, raw):
+def test_culled_without_xla_and_bad_input(simplified, raw, edge_cases):
     """Eagerly (a graph without XLA) the culling renderer draws what it draws under XLA; absurd and
     non-finite coordinates draw something finite, never raise; ids and padding behave as in the dense path."""
-    drawings = simplified[:6] + raw[:3] + _edge_cases()
+    drawings = simplified[:6] + raw[:3] + edge_cases
     batch = raster_tf.pad_drawings(drawings, dims=2)
     eager = raster_tf.rasterize_batch(*batch[:3], 28, method="culled").numpy()
     jit = np.round(_compiled_method(28, "culled")(*batch[:3]).numpy()).astype(np.uint8)
