@@ -336,7 +336,10 @@ class EmbeddingConfig:
     P and K of the P x K batches are MetricPipelineConfig's classes_per_batch and per_class.
     """
 
-    embedding_dim: int = field(128, "Embedding width of siamese and triplet (2..4096).")
+    embedding_dim: int = field(-1, "Embedding width of siamese and triplet (2..4096); -1 takes the loss's own: "
+                               "512 for the proxy losses (the authors' width: proxy-anchor at 512 beat the classifier's "
+                               "features by 0.04-0.07 mAP on every seed on real drawings, at 128 by 0.02-0.04; "
+                               "BENCHMARKS.md), 128 otherwise.")
     backbone: str = field("sknet", "Convolutional trunk: sknet/skresnet (>= 16 px) or siamese_cnn, the "
                           "Sketchy Siamese baseline net (>= 64 px; 100 in the original).",
                           choices=("sknet", "skresnet", "siamese_cnn"))

@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, of: " + ", ".join(QUICKDRAW_MODELS))
     parser.add_argument("--proxy_lr_multiplier", type=float, default=None,
                         help="-proxy_lr_multiplier of the proxy-loss runs (default: the flag's default)")
+    parser.add_argument("--embedding_dim", type=int, default=None,
+                        help="-embedding_dim of the triplet and proxy-loss runs (default: the flag's default)")
     parser.add_argument("--bits", default=",".join(map(str, BITS)), help="deephash code lengths, comma-separated")
     parser.add_argument("--quantization_weight", type=float, default=None,
                         help="-quantization_weight of the deephash runs (default: the flag's default)")
@@ -256,8 +258,9 @@ def quickdraw_part(tmp: pathlib.Path, qd_data: pathlib.Path, args, budget: dict,
         cls = train_and_test(qd_data, tmp / "qd_sknet", budget, {"model": "sknet"}, test=False)
         qd["classifier_features"] = {**classifier_reports(tmp / "qd_sknet"), "run": cls["run"]}
     proxy = {} if args.proxy_lr_multiplier is None else {"proxy_lr_multiplier": args.proxy_lr_multiplier}
-    runs = {"triplet": TRIPLET, **{loss: {"classes_per_batch": TRIPLET["classes_per_batch"],
-                                          "per_class": TRIPLET["per_class"], "loss": loss, **proxy}
+    width = {} if args.embedding_dim is None else {"embedding_dim": args.embedding_dim}
+    runs = {"triplet": {**TRIPLET, **width}, **{loss: {"classes_per_batch": TRIPLET["classes_per_batch"],
+                                          "per_class": TRIPLET["per_class"], "loss": loss, **proxy, **width}
                                    for loss in PROXY_LOSSES}}
     for name in (n for n in runs if n in chosen):
         report = train_and_test(qd_data, tmp / f"qd_{name}", budget, {"model": "triplet", **runs[name]})

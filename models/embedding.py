@@ -55,6 +55,9 @@ PROXY_LOSSES = ("proxy_anchor", "normalized_softmax", "softmax_triplet")
 # Proxy learning-rate multipliers at -proxy_lr_multiplier -1, from the 3-seed study in BENCHMARKS.md:
 # 100 gave proxy-anchor a higher mAP on every seed than 1; the cosine classifier did better at 1.
 DEFAULT_PROXY_LR_MULTIPLIERS = {"proxy_anchor": 100.0, "normalized_softmax": 1.0, "softmax_triplet": 1.0}
+# Embedding widths at -embedding_dim -1: the proxy losses' authors train 512-d embeddings, and at 512
+# proxy-anchor retrieved better than at 128 on every seed of the Quick, Draw! study (BENCHMARKS.md).
+PROXY_EMBEDDING_DIM, DEFAULT_EMBEDDING_DIM = 512, 128
 # Margins used when the config leaves `margin` at AUTO_MARGIN: each loss's usual value.
 AUTO_MARGIN = -1.0
 DEFAULT_MARGINS = {"triplet": 0.2, "contrastive": 1.0, "deephash": 0.5}
@@ -288,7 +291,7 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
     _check_model(model)
     if model == "deephash":
         return {"bits": config.bits, "backbone": config.backbone}
-    kwargs = {"embedding_dim": config.embedding_dim, "backbone": config.backbone, "l2_normalize": config.l2_normalize}
+    kwargs = {"embedding_dim": embedding_dim(config), "backbone": config.backbone, "l2_normalize": config.l2_normalize}
     if model == "siamese":
         kwargs["shared_weights"] = config.shared_weights
     if model == "triplet":
@@ -297,6 +300,14 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
             kwargs["proxy_lr_multiplier"] = proxy_lr_multiplier(config)
             kwargs["with_features"] = config.loss == "softmax_triplet"
     return kwargs
+
+
+def embedding_dim(config: EmbeddingConfig) -> int:
+    """The config's embedding_dim, or at AUTO_MARGIN (-1) its loss's own: PROXY_EMBEDDING_DIM for the proxy
+    losses, else DEFAULT_EMBEDDING_DIM."""
+    if config.embedding_dim == AUTO_MARGIN:
+        return PROXY_EMBEDDING_DIM if config.loss in PROXY_LOSSES else DEFAULT_EMBEDDING_DIM
+    return config.embedding_dim
 
 
 def proxy_lr_multiplier(config: EmbeddingConfig) -> float:
@@ -360,7 +371,7 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
         if miner not in allowed:
             raise _choice_error("miner", miner, allowed, "triplet miners")
         proxy_lr_multiplier(config)
-        return losses.SoftmaxTripletLoss(config.embedding_dim, _margin(config, "triplet"),
+        return losses.SoftmaxTripletLoss(embedding_dim(config), _margin(config, "triplet"),
                                          AUTO_TRIPLET_MINER if miner == "auto" else miner, config.temperature)
     if loss in PROXY_LOSSES:
         if miner != "auto":

@@ -436,6 +436,17 @@ def test_a_proxy_loss_gives_triplet_a_proxy_head_and_branch_its_features(loss, e
         models.make_loss(dataclasses.replace(config, proxy_lr_multiplier=0.0), "triplet")
 
 
+@pytest.mark.parametrize("model, loss, width", [("triplet", "proxy_anchor", 512), ("triplet", "normalized_softmax", 512),
+                                                 ("triplet", "softmax_triplet", 512), ("triplet", "auto", 128),
+                                                 ("triplet", "contrastive", 128), ("siamese", "auto", 128)])
+def test_embedding_dim_minus_one_takes_the_loss_own_width(model, loss, width):
+    assert EmbeddingConfig().embedding_dim == -1
+    assert models.builder_kwargs(EmbeddingConfig(loss=loss), model)["embedding_dim"] == width
+    assert models.builder_kwargs(EmbeddingConfig(loss=loss, embedding_dim=48), model)["embedding_dim"] == 48
+    if loss == "softmax_triplet":
+        assert models.make_loss(EmbeddingConfig(loss=loss), model).embedding_dim == width
+
+
 def test_softmax_triplet_gives_features_and_cosines_side_by_side():
     config = EmbeddingConfig(embedding_dim=16, loss="softmax_triplet", temperature=0.1, margin=0.3, miner="batch_hard")
     made = models.make_loss(config, "triplet")
