@@ -3,8 +3,10 @@
 Builds the real Quick, Draw! sample (../shared/data/quickdraw/simplified, 344 categories x 25
 drawings) twice at 28 px: `--store both` (images and strokes) and `--store strokes`. Baseline:
 `load_split` reading the stored raw images (28 px). Then `load_split` drawing the strokes-only
-records in tf.data (raster_tf under XLA) at 28, 64 and 128 px, with and without time channels; the
-plain image both with raster_tf's default renderer under XLA (culling) and with the dense one.
+records in tf.data at 28, 64 and 128 px, with and without time channels: with the default renderer
+(`cpu`: data_prep.raster_cpu) and with `graph` (raster_tf under XLA; the plain image both with its
+culling renderer and with the dense one). The goal's ratio (28 px, default renderer, against the
+stored images) is also measured over GOAL_ROUNDS rounds alternating the two streams.
 Images/s of a shuffled, repeating training stream, batches of 256, after 8 warm-up batches; drawn
 streams best of 2 passes over the same batches (XLA compilation of the few batch shapes excluded:
 a shape first met after the warm-up compiles in the first pass, 1-3 s, longer than a pass at 28 px).
@@ -46,6 +48,7 @@ BATCH = 256
 STORED_IMAGES = 100_000
 DRAWN_IMAGES = {28: 25_600, 64: 10_240, 128: 2_560}
 WARM_UP = 8
+GOAL_ROUNDS = 5  # alternating stored / drawn rounds for the 28 px goal's ratio
 DRAWN_PASSES = 2  # drawn streams: best of 2 passes, the first also compiles batch shapes the warm-up missed
 # Step-time comparison: (size, time channels, batch, timed steps) as in bench/train.py, and its rounds.
 STEP_CASES = ((28, False, 64, 12), (64, True, 32, 8))
@@ -121,6 +124,7 @@ def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
     results["undrawn_28_images_per_s"] = round(floor)
     results["undrawn_ratio_to_stored"] = round(floor / baseline, 3)
     print(f"strokes parsed and padded, not drawn (28 px): {floor:,.0f} img/s, {floor / baseline:.3f} x stored")
+    goal_rounds(both, strokes, results)
     print(f"{'size':>5} {'time channels':>14} {'renderer':>9} {'drawn img/s':>12} {'x stored':>9}")
     for size, count in DRAWN_IMAGES.items():
         for renderer, time_channels, method in RENDERER_CASES:
@@ -136,6 +140,20 @@ def drawing_rates(tmp: pathlib.Path, results: dict) -> None:
             results["rows"].append({"image_size": size, "time_channels": time_channels, "renderer": name,
                                     "images_per_s": round(rate), "ratio_to_stored": round(rate / baseline, 3)})
             print(f"{size:>5} {str(time_channels):>14} {name:>9} {rate:>12,.0f} {rate / baseline:>9.3f}")
+
+
+def goal_rounds(both: pathlib.Path, strokes: pathlib.Path, results: dict) -> None:
+    """The goal's ratio (28 px drawn by the default renderer against stored images) over GOAL_ROUNDS rounds that
+    alternate the two streams: one baseline measured once moves by a third between runs on this machine."""
+    ratios = []
+    for _ in range(GOAL_ROUNDS):
+        stored = images_per_second(stream(both), STORED_IMAGES // 2)
+        drawn = max(images_per_second(stream(strokes, image_size=28), DRAWN_IMAGES[28]) for _ in range(DRAWN_PASSES))
+        ratios.append(drawn / stored)
+    results["goal_28_ratios"] = [round(r, 3) for r in ratios]
+    results["goal_28_median_ratio"] = round(float(np.median(ratios)), 3)
+    print(f"28 px drawn (default renderer) / stored, {GOAL_ROUNDS} alternating rounds: median "
+          f"{np.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def step_costs(tmp: pathlib.Path, results: dict) -> None:
