@@ -360,7 +360,7 @@ def test_embedding_width_and_bits_are_run_settings_but_the_objective_may_change_
     with pytest.raises(trainer.ToolError, match=r"other model settings: -bits 64 \(the run has 16\)"):
         trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(embedding_dim=32, bits=64)},
                             {"model", "bits"}, saved, "train")
-    with pytest.raises(trainer.ToolError, match=r"-embedding_dim 128 \(the run has 32\)"):
+    with pytest.raises(trainer.ToolError, match=r"-embedding_dim -1 \(the run has 32\)"):
         trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(bits=16)}, {"model"}, saved, "train")
     resumed = trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(
         embedding_dim=32, bits=16, miner="batch_all", margin=0.4)}, {"model", "miner", "margin"}, saved, "train")
