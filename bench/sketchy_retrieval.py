@@ -53,6 +53,8 @@ METHODS = {
     "classifier": {"model": "sknet"},
     "softmax_triplet": {**PK, "loss": "softmax_triplet"},
     "proxy_anchor": {**PK, "loss": "proxy_anchor"},
+    "proxy_anchor_512": {**PK, "loss": "proxy_anchor", "embedding_dim": 512},
+    "triplet": {**PK, "loss": "triplet"},
     "warm": {"model": "sknet"},
     "classifier_augment": {"model": "sknet", "augment": True, "aug_fill_value": 1.0},
     "softmax_triplet_augment": {**PK, "loss": "softmax_triplet", "augment": True, "aug_fill_value": 1.0},
