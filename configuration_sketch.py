@@ -346,8 +346,10 @@ class EmbeddingConfig:
     l2_normalize: bool = field(True, "Scale siamese/triplet embeddings to unit L2 norm.")
     shared_weights: bool = field(True, "siamese: one network for both images; False: a sketch branch and "
                                  "a photo branch with their own weights (cross-domain).")
-    loss: str = field("auto", "auto: siamese contrastive on pairs, triplet/deephash triplet loss; triplet "
-                      "also takes the in-batch contrastive loss and the proxy losses, which train one learned "
+    loss: str = field("auto", "auto: siamese contrastive on pairs, deephash triplet loss, triplet proxy_anchor "
+                      "(the best embedding on Quick, Draw! and Sketchy's seen classes, BENCHMARKS.md; the triplet "
+                      "loss instead when -miner or -margin is given); triplet takes the triplet loss, "
+                      "the in-batch contrastive loss and the proxy losses, which train one learned "
                       "proxy per class beside the embedding and see every class at every step: proxy_anchor "
                       "(Kim et al. 2020), normalized_softmax (a cosine classifier) and softmax_triplet (that "
                       "cosine classifier plus the triplet loss on the same embedding).",

@@ -24,6 +24,7 @@ Training batch layouts (what the losses from `make_loss` expect):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import weakref
@@ -64,6 +65,13 @@ DEFAULT_MARGINS = {"triplet": 0.2, "contrastive": 1.0, "deephash": 0.5}
 # Semi-hard (FaceNet) by default: batch-hard from random initialisation collapsed every embedding to
 # one point (loss stuck at the margin) in our runs on Quick, Draw! and Sketchy; semi-hard learned.
 AUTO_TRIPLET_MINER = "semi_hard"
+# What -loss auto trains. The triplet model's is proxy-anchor, the best embedding of the studies in
+# BENCHMARKS.md (above the triplet loss on every seed on Quick, Draw!, 0.268-0.357 against 0.259-0.298 mAP,
+# and on Sketchy's seen classes, 0.048-0.051 against 0.036; tied zero-shot), unless a miner or margin is
+# given: only the triplet loss takes those, so auto then means it.
+AUTO_LOSSES = {"siamese": "contrastive", "triplet": "proxy_anchor", "deephash": "triplet"}
+# Runs saved before proxy-anchor became the triplet model's default recorded -loss auto for the triplet loss.
+LEGACY_AUTO_LOSS = "triplet"
 
 
 # ---------------------------------------------------------------- backbones
@@ -286,12 +294,28 @@ def _check_model(model) -> None:
         raise ValueError(f"Invalid value for argument `model`. Received: {model!r}. Expected one of: {', '.join(EMBEDDING_MODELS)}.")
 
 
+def resolve_loss(config: EmbeddingConfig, model: str) -> str:
+    """The loss `model` trains under `config`: config.loss, or for 'auto' AUTO_LOSSES[model] (the triplet
+    loss for the triplet model when config sets a miner or a margin)."""
+    _check_model(model)
+    if config.loss != "auto":
+        return config.loss
+    if model == "triplet" and (config.miner != "auto" or config.margin != AUTO_MARGIN):
+        return "triplet"
+    return AUTO_LOSSES[model]
+
+
+def resolved(config: EmbeddingConfig, model: str) -> EmbeddingConfig:
+    """`config` with its loss resolved (`resolve_loss`): what a run records, so it resumes with the same loss."""
+    return dataclasses.replace(config, loss=resolve_loss(config, model))
+
+
 def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
     """The keyword arguments of `build_model(model, ...)` that come from an EmbeddingConfig."""
-    _check_model(model)
+    config = resolved(config, model)
     if model == "deephash":
         return {"bits": config.bits, "backbone": config.backbone}
-    kwargs = {"embedding_dim": embedding_dim(config), "backbone": config.backbone, "l2_normalize": config.l2_normalize}
+    kwargs = {"embedding_dim": embedding_dim(config, model), "backbone": config.backbone, "l2_normalize": config.l2_normalize}
     if model == "siamese":
         kwargs["shared_weights"] = config.shared_weights
     if model == "triplet":
@@ -302,11 +326,11 @@ def builder_kwargs(config: EmbeddingConfig, model: str) -> dict:
     return kwargs
 
 
-def embedding_dim(config: EmbeddingConfig) -> int:
+def embedding_dim(config: EmbeddingConfig, model: str) -> int:
     """The config's embedding_dim, or at AUTO_MARGIN (-1) its loss's own: PROXY_EMBEDDING_DIM for the proxy
     losses, else DEFAULT_EMBEDDING_DIM."""
     if config.embedding_dim == AUTO_MARGIN:
-        return PROXY_EMBEDDING_DIM if config.loss in PROXY_LOSSES else DEFAULT_EMBEDDING_DIM
+        return PROXY_EMBEDDING_DIM if resolve_loss(config, model) in PROXY_LOSSES else DEFAULT_EMBEDDING_DIM
     return config.embedding_dim
 
 
@@ -344,18 +368,19 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
     """The Keras loss that trains `model` ('siamese', 'triplet' or 'deephash') as `config` says.
 
     siamese: PairContrastiveLoss on (pair, same) batches (loss 'auto' or 'contrastive'; no miner).
-    triplet: loss 'auto'/'triplet' -> TripletLoss (miner 'auto' = semi_hard, batch_hard, batch_all);
+    triplet: loss 'triplet' -> TripletLoss (miner 'auto' = semi_hard, batch_hard, batch_all);
         'contrastive' -> in-batch ContrastiveLoss (miner 'auto'/'none' = all pairs, hard_negative);
         'proxy_anchor' -> ProxyAnchorLoss(proxy_alpha, proxy_delta), 'normalized_softmax' ->
         NormalizedSoftmaxLoss(temperature), on the cosines of the model built with proxies=True;
         'softmax_triplet' -> SoftmaxTripletLoss: the triplet loss (margin, miner) on `features` plus the
         normalised softmax (temperature) on the cosines, the model giving both (with_features=True).
+        'auto' is 'proxy_anchor', or 'triplet' when a miner or margin is given (`resolve_loss`).
     deephash: loss 'auto'/'triplet' -> DeepHashLoss (triplet + quantization_weight * quantization
         loss, margin ramped from margin_start over margin_ramp_steps when > 0).
     A margin left at AUTO_MARGIN takes DEFAULT_MARGINS of the loss. Every value is checked here,
     before any training.
     """
-    _check_model(model)
+    config = resolved(config, model)
     loss, miner = config.loss, config.miner
     if model == "siamese":
         if loss not in ("auto", "contrastive"):
@@ -371,7 +396,7 @@ def make_loss(config: EmbeddingConfig, model: str) -> keras.losses.Loss:
         if miner not in allowed:
             raise _choice_error("miner", miner, allowed, "triplet miners")
         proxy_lr_multiplier(config)
-        return losses.SoftmaxTripletLoss(embedding_dim(config), _margin(config, "triplet"),
+        return losses.SoftmaxTripletLoss(embedding_dim(config, model), _margin(config, "triplet"),
                                          AUTO_TRIPLET_MINER if miner == "auto" else miner, config.temperature)
     if loss in PROXY_LOSSES:
         if miner != "auto":

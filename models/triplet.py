@@ -1,9 +1,9 @@
-"""`triplet`: an embedding network for in-batch metric losses (triplet with a miner, on P x K batches).
+"""`triplet`: an embedding network for metric losses on P x K batches (proxy-anchor by default, triplet with a miner).
 
 image -> backbone (models/embedding.py: 'sknet' by default, 'skresnet', 'siamese_cnn') -> linear
 `embedding_dim` layer -> optional L2 normalisation; the layer `features` is the embedding. Train it
-with `models.embedding.make_loss(config, "triplet")` (TripletLoss, or the in-batch ContrastiveLoss)
-on x = images, y = labels arranged P x K (see models/embedding.py for the layout). With
+with `models.embedding.make_loss(config, "triplet")` (ProxyAnchorLoss at -loss auto, TripletLoss, the
+in-batch ContrastiveLoss or another proxy loss) on x = images, y = labels arranged P x K (see models/embedding.py for the layout). With
 `proxies=True` (the proxy losses) the model's training output is the cosines [B, num_classes] of
 `features` to one learned proxy per class (models.proxies.CosineProxies, layer `proxies`); without,
 `num_classes` is checked but unused; with `with_features` too (-loss softmax_triplet) the output is

@@ -378,9 +378,26 @@ def test_pair_contrastive_loss_matches_the_pair_formula():
 # ---------------------------------------------------------------- loss factory and config
 
 
+def test_auto_loss_is_proxy_anchor_for_triplet_unless_a_miner_or_margin_asks_for_the_triplet_loss():
+    assert type(models.make_loss(EmbeddingConfig(), "triplet")) is losses.ProxyAnchorLoss
+    assert embedding.resolve_loss(EmbeddingConfig(), "triplet") == "proxy_anchor"
+    assert embedding.embedding_dim(EmbeddingConfig(), "triplet") == embedding.PROXY_EMBEDDING_DIM
+    assert embedding.resolve_loss(EmbeddingConfig(miner="batch_all"), "triplet") == "triplet"
+    assert embedding.resolve_loss(EmbeddingConfig(margin=0.3), "triplet") == "triplet"
+    assert embedding.embedding_dim(EmbeddingConfig(margin=0.3), "triplet") == embedding.DEFAULT_EMBEDDING_DIM
+    assert embedding.resolve_loss(EmbeddingConfig(loss="contrastive"), "triplet") == "contrastive"
+    assert [embedding.resolve_loss(EmbeddingConfig(), m) for m in ("siamese", "deephash")] == ["contrastive", "triplet"]
+    assert embedding.resolved(EmbeddingConfig(miner="semi_hard"), "triplet") == EmbeddingConfig(loss="triplet",
+                                                                                                  miner="semi_hard")
+    kwargs = models.builder_kwargs(EmbeddingConfig(), "triplet")
+    assert kwargs["proxies"] is True and kwargs["embedding_dim"] == 512 and kwargs["proxy_lr_multiplier"] == 100.0
+    with pytest.raises(ValueError, match="Loss 'proxy_anchor' takes no margin"):
+        models.make_loss(EmbeddingConfig(loss="proxy_anchor", margin=0.3), "triplet")
+
+
 def test_make_loss_picks_loss_miner_and_margin():
-    made = models.make_loss(EmbeddingConfig(), "triplet")
-    assert type(made) is losses.TripletLoss and (made.miner, made.margin) == ("semi_hard", 0.2)  # auto
+    made = models.make_loss(EmbeddingConfig(loss="triplet"), "triplet")
+    assert type(made) is losses.TripletLoss and (made.miner, made.margin) == ("semi_hard", 0.2)  # auto miner, margin
     made = models.make_loss(EmbeddingConfig(miner="batch_all", margin=0.3), "triplet")
     assert (made.miner, made.margin) == ("batch_all", 0.3)
     made = models.make_loss(EmbeddingConfig(loss="contrastive"), "triplet")
@@ -398,14 +415,14 @@ def test_make_loss_picks_loss_miner_and_margin():
 
 def test_loss_callbacks():
     assert models.loss_callbacks(models.make_loss(EmbeddingConfig(), "siamese")) == []
-    kinds = [type(c) for c in models.loss_callbacks(models.make_loss(EmbeddingConfig(), "triplet"))]
+    kinds = [type(c) for c in models.loss_callbacks(models.make_loss(EmbeddingConfig(loss="triplet"), "triplet"))]
     assert kinds == [losses.LogInvalidBatches]
     kinds = [type(c) for c in models.loss_callbacks(models.make_loss(EmbeddingConfig(margin_ramp_steps=5), "deephash"))]
     assert kinds == [losses.LogInvalidBatches, losses.MarginRamp]
 
 
 def test_builder_kwargs_build_each_model():
-    config = EmbeddingConfig(embedding_dim=16, bits=32, shared_weights=False, l2_normalize=False)
+    config = EmbeddingConfig(loss="triplet", embedding_dim=16, bits=32, shared_weights=False, l2_normalize=False)
     assert models.builder_kwargs(config, "deephash") == {"bits": 32, "backbone": "sknet"}
     assert models.builder_kwargs(config, "triplet") == {"embedding_dim": 16, "backbone": "sknet", "l2_normalize": False,
                                                         "proxies": False}
@@ -437,7 +454,7 @@ def test_a_proxy_loss_gives_triplet_a_proxy_head_and_branch_its_features(loss, e
 
 
 @pytest.mark.parametrize("model, loss, width", [("triplet", "proxy_anchor", 512), ("triplet", "normalized_softmax", 512),
-                                                 ("triplet", "softmax_triplet", 512), ("triplet", "auto", 128),
+                                                 ("triplet", "softmax_triplet", 512), ("triplet", "auto", 512), ("triplet", "triplet", 128),
                                                  ("triplet", "contrastive", 128), ("siamese", "auto", 128)])
 def test_embedding_dim_minus_one_takes_the_loss_own_width(model, loss, width):
     assert EmbeddingConfig().embedding_dim == -1

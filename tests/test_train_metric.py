@@ -38,7 +38,7 @@ if __name__ == "__main__":  # reload worker: only TensorFlow and the data pipeli
 import numpy as np
 import pytest
 
-from configuration_sketch import TrainConfig
+from configuration_sketch import EmbeddingConfig, TrainConfig
 from retrieval import metrics as retrieval_metrics
 from training import trainer
 from training.tasks import metric
@@ -213,12 +213,15 @@ def test_triplet_with_a_proxy_loss_trains_tests_and_exports_its_features(quickdr
     assert np.isfinite(evaluated["loss"]) and evaluated["loss_batches"] >= 1
     assert evaluated["retrieval"]["map"] == pytest.approx(report["map"])
 
-    for other in ("triplet", "auto"):  # resuming with a loss of the other kind is one line, before any step
+    resume = {"mode": "train", "data_path": str(quickdraw_28px), "model_dir": str(model_dir), "model": "triplet",
+              "embedding_dim": 32}
+    for other in ("triplet", "contrastive"):  # resuming with a loss of the other kind is one line, before any step
         with pytest.raises(trainer.ToolError, match=f"trained with -loss {loss}, with a layer of class proxies; "
                                                     f"-loss {other} needs a model without one"):
-            trainer.prepare_run(*trainer.resolve("", {"mode": "train", "data_path": str(quickdraw_28px),
-                                                      "model_dir": str(model_dir), "model": "triplet",
-                                                      "embedding_dim": 32, "loss": other}))
+            trainer.prepare_run(*trainer.resolve("", {**resume, "loss": other}))
+    assert json.loads((model_dir / "train_config.json").read_text())["configs"]["EmbeddingConfig"]["loss"] == loss
+    run, _ = trainer.prepare_run(*trainer.resolve("", resume))  # resuming without -loss keeps the run's loss
+    assert run.configs[EmbeddingConfig].loss == loss
 
     meta = run_api(mode="export", model_dir=str(model_dir))
     assert meta["kind"] == "embedding" and meta["embedding_dim"] == 32
@@ -359,7 +362,7 @@ def test_retrieval_validation_traces_its_inference_step_in_the_first_epoch_only(
     `call` runs once per trace, so counting its calls counts the traces."""
     run, task = trainer.prepare_run(*trainer.resolve("", {
         "mode": "train", "data_path": str(sketchy_32px), "model_dir": str(tmp_path / "run"), "model": "triplet",
-        "classes_per_batch": 4, "per_class": 4, "embedding_dim": 16}))
+        "loss": "triplet", "classes_per_batch": 4, "per_class": 4, "embedding_dim": 16}))
     model = task.build_model(run)
     traces = []
     call = model.call

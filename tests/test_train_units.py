@@ -369,6 +369,23 @@ def test_embedding_width_and_bits_are_run_settings_but_the_objective_may_change_
     assert (tested[EmbeddingConfig].embedding_dim, tested[EmbeddingConfig].bits) == (32, 16)
 
 
+def test_a_triplet_run_saved_with_loss_auto_before_proxy_anchor_became_the_default_goes_on_with_the_triplet_loss():
+    saved = {"ModelConfig": dataclasses.asdict(ModelConfig(model="triplet")),
+             "EmbeddingConfig": dataclasses.asdict(EmbeddingConfig(embedding_dim=128))}  # loss "auto"
+    model = ModelConfig(model="triplet")
+    for mode, explicit in (("train", {"model", "embedding_dim"}), ("test", {"mode"}), ("export", {"mode"})):
+        merged = trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(embedding_dim=128)},
+                                     explicit, saved, mode)
+        assert merged[EmbeddingConfig].loss == "triplet", mode
+    with pytest.raises(trainer.ToolError, match="trained with -loss triplet, without a layer of class proxies; "
+                                                r"-loss auto \(proxy_anchor\) needs a model with one"):  # auto now means proxy-anchor
+        trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig(embedding_dim=128)},
+                            {"model", "embedding_dim", "loss"}, saved, "train")
+    new_run = {**saved, "EmbeddingConfig": dataclasses.asdict(EmbeddingConfig(loss="proxy_anchor"))}
+    merged = trainer.merge_saved({ModelConfig: model, EmbeddingConfig: EmbeddingConfig()}, {"mode"}, new_run, "test")
+    assert merged[EmbeddingConfig].loss == "proxy_anchor"
+
+
 def test_task_registry():
     assert tasks.task_for_model("sknet").name == "classification"
     assert {"sknet", "skresnet", "sketch_a_net"} <= set(tasks.trainable_models())

@@ -30,7 +30,7 @@ from configuration_sketch import (AugmentConfig, CvConfig, EmbeddingConfig, Mode
                                   StrokeRnnConfig, TrainConfig)
 from data_prep import tfrecords, verify
 from data_prep.atomic_files import write_json_atomic
-from models.embedding import PROXY_LOSSES
+from models.embedding import EMBEDDING_MODELS, LEGACY_AUTO_LOSS, PROXY_LOSSES, resolve_loss, resolved
 from serving import tflite
 from training import callbacks as cb
 from training import folds, presets, tasks, warm_start
@@ -107,13 +107,32 @@ def _differences(current: dict, saved: dict) -> list[str]:
     return [f"-{k} {current[k]!r} (the run has {saved[k]!r})" for k in current if k in saved and current[k] != saved[k]]
 
 
-def _check_proxy_head(saved_loss: str, loss: str) -> None:
-    """A proxy loss trains a layer of class proxies the other losses lack: the two do not share weights."""
+def _check_proxy_head(saved_loss: str, loss: str, given: str) -> None:
+    """A proxy loss trains a layer of class proxies the other losses lack: the two do not share weights.
+    `given` is the -loss the user passed, which resolved to `loss`."""
     before, after = saved_loss in PROXY_LOSSES, loss in PROXY_LOSSES
     if before != after:
+        asked = loss if given == loss else f"{given} ({loss})"
         raise ToolError(f"The run in this model_dir was trained with -loss {saved_loss}, {'with' if before else 'without'} "
-                        f"a layer of class proxies; -loss {loss} needs a model {'without' if before else 'with'} one. "
+                        f"a layer of class proxies; -loss {asked} needs a model {'without' if before else 'with'} one. "
                         f"Pass -loss {saved_loss} (or another loss of its kind) to go on, or use another -model_dir.")
+
+
+def _saved_loss(config: EmbeddingConfig, stored: dict, saved: dict[str, dict], explicit: set[str], mode: str
+                ) -> tuple[EmbeddingConfig, dict]:
+    """The current and the saved run's embedding configs with their losses resolved (-loss auto made concrete;
+    a run saved before proxy-anchor became the triplet model's default recorded auto for the triplet loss).
+    Resuming without -loss keeps the run's loss."""
+    model = (saved.get(ModelConfig.__name__) or {}).get("model", "")
+    if model not in EMBEDDING_MODELS:
+        return config, {**stored, "loss": stored.get("loss", "auto")}
+    loss = stored.get("loss", "auto")
+    if loss == "auto" and model == "triplet":
+        loss = LEGACY_AUTO_LOSS
+    stored = {**stored, "loss": resolve_loss(EmbeddingConfig(**{**stored, "loss": loss}), model)}
+    if mode == "train" and "loss" not in explicit:
+        config = dataclasses.replace(config, loss=stored["loss"])
+    return resolved(config, model), stored
 
 
 def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str, dict], mode: str
@@ -142,8 +161,12 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
             if wrong:
                 raise ToolError(f"The run in this model_dir was trained with other model settings: {'; '.join(wrong)}. "
                                 "Use another -model_dir for a new model, or drop these flags.")
-        if cls is EmbeddingConfig and (mode == "train" or "loss" in explicit):
-            _check_proxy_head(stored.get("loss", "auto"), current["loss"])
+        if cls is EmbeddingConfig:
+            given = config.loss
+            config, stored = _saved_loss(config, stored, saved, explicit, mode)
+            current = dataclasses.asdict(config)
+            if mode == "train" or "loss" in explicit:
+                _check_proxy_head(stored["loss"], current["loss"], given)
         if mode == "train":
             merged[cls] = config
         else:
@@ -243,6 +266,9 @@ def prepare_run(configs: Mapping[type, Any], explicit: set[str]) -> tuple[tasks.
         task = tasks.task_for_model(configs[ModelConfig].model)
     except ValueError as e:
         raise ToolError(f"-model: {e}") from None
+    model_name = configs[ModelConfig].model
+    if EmbeddingConfig in configs and model_name in EMBEDDING_MODELS:  # the run records the loss it trains
+        configs[EmbeddingConfig] = resolved(configs[EmbeddingConfig], model_name)
     if train.mode in ("train", "cv"):
         configs = apply_recipe(configs, task.recipe(configs[ModelConfig].model), explicit)
         train = configs[TrainConfig]

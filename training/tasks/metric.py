@@ -95,7 +95,7 @@ def check_model_settings(run: Run) -> None:
     if name == "deephash":
         check_bits(name, config.bits)
     else:
-        embedding.check_embedding_dim(name, embedding.embedding_dim(config))
+        embedding.check_embedding_dim(name, embedding.embedding_dim(config, name))
     check_fraction(name, "bn_momentum", run.model.bn_momentum)
     if run.model.dropout >= 0:
         check_fraction(name, "dropout", run.model.dropout)
