@@ -5,8 +5,10 @@ and 5 test each) at 28 px through train_sketch_net.py's run_mode, exports it, th
 about every drawing of the sample twice: `classify_images` on skia's rendering (serving.strokes,
 the CPU path) and `classify_strokes` on the strokes (data_prep.raster_tf inside the SavedModel).
 Reports the top-1 agreement (goal: at least 99%), the agreement on drawings whose top two image scores
-differ by more than 0.05, and each path's accuracy. Writes bench/results/render_agreement.json.
-Run: `python -m bench.render_agreement [--epochs 4]`.
+differ by more than 0.05, and each path's accuracy. Beside it, what the same model does with other
+faithful renderings, for scale: cairo's (Google's recipe itself, `raster.rasterize_cairo`) and skia's own
+image of each drawing moved by a fraction of a pixel (REFERENCE_SHIFTS). Writes
+bench/results/render_agreement.json. Run: `python -m bench.render_agreement [--epochs 4]`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ tf_startup.quiet()
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
+import skia  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig  # noqa: E402
-from data_prep import quickdraw_build  # noqa: E402
+from data_prep import quickdraw_build, raster  # noqa: E402
 from serving.export import read_meta  # noqa: E402
 from serving.strokes import pack_strokes, stroke_pixels  # noqa: E402
 from training import trainer  # noqa: E402
@@ -37,6 +40,33 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 PER_CLASS = 25
 BATCH = 256
 CLEAR_MARGIN = 0.05
+REFERENCE_SHIFTS = (1 / 50, 1 / 20)  # pixels, along x and y
+
+
+def skia_moved(strokes: list[np.ndarray], shift: float, image_size: int = 28) -> np.ndarray:
+    """skia's image of the drawing (raster.rasterize's recipe) moved by `shift` pixels right and down."""
+    placed = raster.layout(strokes)
+    scale, tx, ty = raster.device_transform(placed.offset, image_size, 16.0, 16.0, 256)
+    pixels = np.zeros((image_size, image_size), np.uint8)
+    canvas = skia.Surface(pixels, colorType=skia.kAlpha_8_ColorType, alphaType=skia.kPremul_AlphaType).getCanvas()
+    canvas.setMatrix(skia.Matrix.MakeAll(scale, 0, tx + shift, 0, scale, ty + shift, 0, 0, 1))
+    paint = skia.Paint(AntiAlias=True, Style=skia.Paint.kStroke_Style, StrokeCap=skia.Paint.kRound_Cap,
+                       StrokeJoin=skia.Paint.kRound_Join, Color=skia.ColorWHITE, StrokeWidth=16.0)
+    for stroke in placed.strokes:
+        path = skia.Path()
+        path.moveTo(*stroke[0])
+        for x, y in stroke.tolist():
+            path.lineTo(x, y)
+        canvas.drawPath(path, paint)
+    return pixels
+
+
+def reference_renderings(drawings: list) -> dict[str, np.ndarray]:
+    """Other faithful images of the drawings, uint8 [N, 28, 28, 1]: cairo's and skia's moved by REFERENCE_SHIFTS."""
+    images = {"cairo": np.stack([raster.rasterize_cairo(d) for d in drawings])}
+    for shift in REFERENCE_SHIFTS:
+        images[f"skia_moved_1/{round(1 / shift)}_px"] = np.stack([skia_moved(d, shift) for d in drawings])
+    return {name: image[..., None] for name, image in images.items()}
 
 
 def sample_drawings(class_names: list[str]) -> tuple[list[list[np.ndarray]], np.ndarray]:
@@ -49,8 +79,9 @@ def sample_drawings(class_names: list[str]) -> tuple[list[list[np.ndarray]], np.
     return drawings, np.asarray(labels)
 
 
-def both_answers(export_dir: pathlib.Path, drawings: list) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities from classify_images on skia pixels and from classify_strokes on the strokes."""
+def both_answers(export_dir: pathlib.Path, drawings: list) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Probabilities from classify_images on skia pixels, from classify_strokes on the strokes, and from
+    classify_images on each of the reference renderings."""
     meta = read_meta(export_dir)
     loaded = tf.saved_model.load(str(export_dir / "saved_model"))
     images, strokes = [], []
@@ -59,7 +90,10 @@ def both_answers(export_dir: pathlib.Path, drawings: list) -> tuple[np.ndarray, 
         pixels = np.stack([stroke_pixels(d, meta) for d in part])
         images.append(loaded.classify_images(pixels)["probabilities"].numpy())
         strokes.append(loaded.classify_strokes(pack_strokes(part))["probabilities"].numpy())
-    return np.concatenate(images), np.concatenate(strokes)
+    references = {name: np.concatenate([loaded.classify_images(pixels[i:i + BATCH])["probabilities"].numpy()
+                                        for i in range(0, len(pixels), BATCH)])
+                  for name, pixels in reference_renderings(drawings).items()}
+    return np.concatenate(images), np.concatenate(strokes), references
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                             "test_top1": evaluated["top1_accuracy"]}
         class_names = json.loads((data / "dataset_info.json").read_text())["classes"]
         drawings, labels = sample_drawings(class_names)
-        images, strokes = both_answers(run_dir / "export", drawings)
+        images, strokes, references = both_answers(run_dir / "export", drawings)
     agree = images.argmax(1) == strokes.argmax(1)
     top2 = np.sort(images, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > CLEAR_MARGIN
@@ -93,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         "clear_drawings": int(clear.sum()), "agreement_where_clear": round(float(agree[clear].mean()), 4),
         "accuracy_images": round(float(np.mean(images.argmax(1) == labels)), 4),
         "accuracy_strokes": round(float(np.mean(strokes.argmax(1) == labels)), 4),
-        "mean_abs_probability_difference": round(float(np.abs(images - strokes).mean()), 6)})
+        "mean_abs_probability_difference": round(float(np.abs(images - strokes).mean()), 6),
+        "reference_agreement": {name: round(float(np.mean(images.argmax(1) == p.argmax(1))), 4)
+                                for name, p in references.items()}})
     print(json.dumps(results, indent=2))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "render_agreement.json").write_text(json.dumps(results, indent=2) + "\n")
