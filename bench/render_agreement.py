@@ -25,7 +25,6 @@ tf_startup.quiet()
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
-import skia  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.machine import describe_machine  # noqa: E402
@@ -43,29 +42,11 @@ CLEAR_MARGIN = 0.05
 REFERENCE_SHIFTS = (1 / 50, 1 / 20)  # pixels, along x and y
 
 
-def skia_moved(strokes: list[np.ndarray], shift: float, image_size: int = 28) -> np.ndarray:
-    """skia's image of the drawing (raster.rasterize's recipe) moved by `shift` pixels right and down."""
-    placed = raster.layout(strokes)
-    scale, tx, ty = raster.device_transform(placed.offset, image_size, 16.0, 16.0, 256)
-    pixels = np.zeros((image_size, image_size), np.uint8)
-    canvas = skia.Surface(pixels, colorType=skia.kAlpha_8_ColorType, alphaType=skia.kPremul_AlphaType).getCanvas()
-    canvas.setMatrix(skia.Matrix.MakeAll(scale, 0, tx + shift, 0, scale, ty + shift, 0, 0, 1))
-    paint = skia.Paint(AntiAlias=True, Style=skia.Paint.kStroke_Style, StrokeCap=skia.Paint.kRound_Cap,
-                       StrokeJoin=skia.Paint.kRound_Join, Color=skia.ColorWHITE, StrokeWidth=16.0)
-    for stroke in placed.strokes:
-        path = skia.Path()
-        path.moveTo(*stroke[0])
-        for x, y in stroke.tolist():
-            path.lineTo(x, y)
-        canvas.drawPath(path, paint)
-    return pixels
-
-
 def reference_renderings(drawings: list) -> dict[str, np.ndarray]:
     """Other faithful images of the drawings, uint8 [N, 28, 28, 1]: cairo's and skia's moved by REFERENCE_SHIFTS."""
     images = {"cairo": np.stack([raster.rasterize_cairo(d) for d in drawings])}
     for shift in REFERENCE_SHIFTS:
-        images[f"skia_moved_1/{round(1 / shift)}_px"] = np.stack([skia_moved(d, shift) for d in drawings])
+        images[f"skia_moved_1/{round(1 / shift)}_px"] = np.stack([raster.rasterize_moved(d, shift) for d in drawings])
     return {name: image[..., None] for name, image in images.items()}
 
 

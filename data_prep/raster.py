@@ -255,6 +255,18 @@ def rasterize(strokes: Sequence, image_size: int = 28, line_width: float = 16.0,
     return out
 
 
+def rasterize_moved(strokes: Sequence, shift_px: float, image_size: int = 28, line_width: float = 16.0,
+                    padding: float = 16.0, frame: int = 256, normalize: str = "auto") -> np.ndarray:
+    """`rasterize`'s plain image with the placed drawing moved `shift_px` pixels right and down (no refit):
+    how much a model's answers depend on sub-pixel position (bench.render_agreement)."""
+    _check_options(image_size, line_width, padding, frame, normalize)
+    placed = layout(strokes, frame, normalize)
+    scale, tx, ty = device_transform(placed.offset, image_size, line_width, padding, frame)
+    target = _target(image_size, False)
+    _draw_strokes(target.begin((scale, tx + shift_px, ty + shift_px), line_width), target.paint, placed.strokes)
+    return target.pixels.copy()
+
+
 def rasterize_many(drawings: Sequence[Sequence], image_size: int = 28, line_width: float = 16.0,
                    padding: float = 16.0, frame: int = 256, time_channels: bool = False,
                    normalize: str = "auto") -> np.ndarray:

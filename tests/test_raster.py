@@ -92,6 +92,14 @@ def test_matches_cairo_reference(simplified, size):
     assert abs(ink - 1) < 0.01
 
 
+def test_rasterize_moved_by_nothing_is_rasterize_and_by_whole_pixels_a_shifted_image(simplified):
+    for drawing in simplified[:20]:
+        image = raster.rasterize(drawing, image_size=40, padding=48.0)  # wide margins: nothing reaches the border
+        assert np.array_equal(raster.rasterize_moved(drawing, 0.0, image_size=40, padding=48.0), image)
+        moved = raster.rasterize_moved(drawing, 2.0, image_size=40, padding=48.0)
+        assert np.array_equal(moved[2:, 2:], image[:-2, :-2]) and not moved[:2].any() and not moved[:, :2].any()
+
+
 def test_rasterize_many_equals_rasterize(simplified):
     batch = raster.rasterize_many(simplified[:20], 64)
     for image, strokes in zip(batch, simplified[:20]):
