@@ -369,6 +369,18 @@ def test_embedding_width_and_bits_are_run_settings_but_the_objective_may_change_
     assert (tested[EmbeddingConfig].embedding_dim, tested[EmbeddingConfig].bits) == (32, 16)
 
 
+def test_a_classifier_run_resumes_whatever_its_saved_embedding_settings():
+    """Runs saved before -embedding_dim's default became -1 recorded 128; a classifier never used it."""
+    saved = {"ModelConfig": dataclasses.asdict(ModelConfig(model="sknet")),
+             "EmbeddingConfig": dataclasses.asdict(EmbeddingConfig(embedding_dim=128, bits=16))}
+    merged = trainer.merge_saved({ModelConfig: ModelConfig(), EmbeddingConfig: EmbeddingConfig()}, set(), saved, "train")
+    assert merged[EmbeddingConfig].embedding_dim == EmbeddingConfig().embedding_dim == -1
+    embedding_run = {**saved, "ModelConfig": dataclasses.asdict(ModelConfig(model="siamese"))}
+    with pytest.raises(trainer.ToolError, match=r"-embedding_dim -1 \(the run has 128\)"):
+        trainer.merge_saved({ModelConfig: ModelConfig(model="siamese"), EmbeddingConfig: EmbeddingConfig()}, {"model"},
+                            embedding_run, "train")
+
+
 def test_a_triplet_run_saved_with_loss_auto_before_proxy_anchor_became_the_default_goes_on_with_the_triplet_loss():
     saved = {"ModelConfig": dataclasses.asdict(ModelConfig(model="triplet")),
              "EmbeddingConfig": dataclasses.asdict(EmbeddingConfig(embedding_dim=128))}  # loss "auto"

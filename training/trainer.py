@@ -144,6 +144,7 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
     a weight-shaping field given with another value is refused.
     """
     merged = {}
+    saved_model = (saved.get(ModelConfig.__name__) or {}).get("model", "")
     for cls, config in configs.items():
         stored = saved.get(cls.__name__)
         if stored is None:
@@ -152,7 +153,8 @@ def merge_saved(configs: Mapping[type, Any], explicit: set[str], saved: dict[str
         names = {f.name for f in dataclasses.fields(cls)}
         stored = {k: v for k, v in stored.items() if k in names}
         current = dataclasses.asdict(config)
-        if cls in SHAPING_FIELDS:
+        # The embedding fields shape only the embedding models' weights (a classifier ignores them).
+        if cls in SHAPING_FIELDS and (cls is not EmbeddingConfig or saved_model in EMBEDDING_MODELS):
             shaping = SHAPING_FIELDS[cls] or tuple(current)
             asked = {k: v for k, v in current.items() if k in shaping and (mode == "train" or k in explicit)}
             if mode == "train":
