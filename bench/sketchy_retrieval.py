@@ -15,8 +15,12 @@ Methods, at equal budget (`--epochs` passes of the seen training images, batches
 - `*_augment`: the same with -augment (flips, 5% shift / zoom / shear, 5 degrees; white fill, as sketches
   and edge maps are drawn on white);
 - `warm`: the classifier started from a skNet classifier trained first on Quick, Draw! (the simplified
-  sample, all 345 categories, 32 px, grey: -init_from adapts its first convolution to colour); the
-  Quick, Draw! run is not counted in the budget.
+  sample, 32 px, grey: -init_from adapts its first convolution to colour); the Quick, Draw! run is not
+  counted in the budget. On the seen split it knows all 345 categories; on a zero-shot split the
+  categories named as the split's unseen classes are left out of it (18 of Shen et al.'s 25), so the
+  unseen classes stay unseen;
+- `*_flip`: the same with random horizontal flips only (-augment with no shift, zoom, rotation or
+  shear; the Quick, Draw! source of `warm_flip` is trained with them too).
 Every run goes through train_sketch_net.py's run_mode (-mode train, then -mode test); the report keeps
 the protocol (retrieval.metrics.PROTOCOL: mAP@all, mAP@200, P@100, P@200, acc@1, acc@10, each with its
 chance) of test sketches against test photos, and on test_unseen for the zero-shot splits.
@@ -39,7 +43,7 @@ tf_startup.quiet()
 
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig, SketchyBuildConfig  # noqa: E402
-from data_prep import quickdraw_build, sketchy  # noqa: E402
+from data_prep import categories, quickdraw_build, sketchy, word_vectors  # noqa: E402
 from training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,6 +52,7 @@ RESULTS = ROOT / "bench" / "results"
 SIZE = 32
 SPLITS = {"seen": "", "unseen21": f"@{ROOT / 'data_prep/splits/sketchy_unseen_21_yelamarthi2018.txt'}",
           "unseen25": f"@{ROOT / 'data_prep/splits/sketchy_unseen_25_shen2018.txt'}"}
+FLIPS_ONLY = {"augment": True, "aug_translate": 0.0, "aug_zoom": 0.0, "aug_rotation": 0.0, "aug_shear": 0.0}
 PK = {"model": "triplet", "classes_per_batch": 32, "per_class": 4, "sketches_per_class": 2, "embedding_dim": 128}
 METHODS = {
     "classifier": {"model": "sknet"},
@@ -57,12 +62,14 @@ METHODS = {
     "triplet": {**PK, "loss": "triplet"},
     "warm": {"model": "sknet"},
     "classifier_augment": {"model": "sknet", "augment": True, "aug_fill_value": 1.0},
+    "classifier_flip": {"model": "sknet", **FLIPS_ONLY, "aug_fill_value": 1.0},
+    "warm_flip": {"model": "sknet", **FLIPS_ONLY, "aug_fill_value": 1.0},
     "softmax_triplet_augment": {**PK, "loss": "softmax_triplet", "augment": True, "aug_fill_value": 1.0},
 }
 PARTS = {
     "edges": {"splits": ["seen"], "methods": ["classifier"], "photo_edges": ["none", "canny", "gradient"]},
     "seen": {"splits": ["seen"], "methods": ["classifier", "softmax_triplet", "proxy_anchor", "warm"]},
-    "zeroshot": {"splits": ["unseen21", "unseen25"], "methods": ["classifier"]},
+    "zeroshot": {"splits": ["unseen21", "unseen25"], "methods": ["classifier", "classifier_flip", "warm", "warm_flip"]},
 }
 
 
@@ -75,17 +82,34 @@ def build(cache: pathlib.Path, split: str, photo_edges: str) -> pathlib.Path:
     return out
 
 
-def quickdraw_classifier(cache: pathlib.Path, epochs: int) -> pathlib.Path:
-    """A skNet classifier of the 345 Quick, Draw! categories at SIZE px (the warm start's source)."""
-    data, run = cache / f"quickdraw_all_{SIZE}px", cache / f"quickdraw_sknet_{SIZE}px_{epochs}ep"
+def unseen_names(split: str) -> list[str]:
+    """The unseen class names of a split (none for `seen`)."""
+    return categories.parse_list(SPLITS[split], "--splits") if SPLITS[split] else []
+
+
+def quickdraw_classifier(cache: pathlib.Path, epochs: int, exclude: list[str], flips: bool = False) -> pathlib.Path:
+    """A skNet classifier of the Quick, Draw! categories at SIZE px (the warm start's source), without the
+    categories whose normalised names are in `exclude`; with random flips when `flips`."""
+    source = SHARED / "quickdraw" / "simplified"
+    dropped = {word_vectors.normalise_name(name) for name in exclude}
+    names = sorted(path.name.removesuffix(".ndjson") for path in source.glob("*.ndjson"))
+    kept = [name for name in names if word_vectors.normalise_name(name) not in dropped]
+    tag = "all" if len(kept) == len(names) else f"without{len(names) - len(kept)}"
+    data = cache / f"quickdraw_{tag}_{SIZE}px"
+    run = cache / f"quickdraw{'' if tag == 'all' else '_' + tag}_sknet_{SIZE}px_{epochs}ep{'_flip' if flips else ''}"
     if not (data / "dataset_info.json").exists():
-        quickdraw_build.build(QuickDrawBuildConfig(source=str(SHARED / "quickdraw" / "simplified"), format="simplified",
-                                                   categories="all", train_per_class=20, test_per_class=5,
-                                                   out=str(data), shards=4, workers=2, seed=0),
+        categories = "all"
+        if tag != "all":
+            categories = f"@{cache / f'quickdraw_{tag}.txt'}"
+            (cache / f"quickdraw_{tag}.txt").write_text("\n".join(kept) + "\n")
+        quickdraw_build.build(QuickDrawBuildConfig(source=str(source), format="simplified", categories=categories,
+                                                   train_per_class=20, test_per_class=5, out=str(data), shards=4,
+                                                   workers=2, seed=0),
                               RasterConfig(image_size=SIZE), progress=False)
     if not (run / "best.keras").exists():
         trainer.run_mode(*trainer.resolve("", {"mode": "train", "model": "sknet", "data_path": str(data),
-                                               "model_dir": str(run), "epochs": epochs, "seed": 0, "verbose": 0}))
+                                               "model_dir": str(run), "epochs": epochs, "seed": 0, "verbose": 0,
+                                               **(FLIPS_ONLY if flips else {})}))
     return run
 
 
@@ -103,7 +127,7 @@ def run_one(data: pathlib.Path, model_dir: pathlib.Path, method: str, seed: int,
             init_from: pathlib.Path | None) -> dict:
     values = {**METHODS[method], "mode": "train", "data_path": str(data), "model_dir": str(model_dir),
               "epochs": epochs, "seed": seed, "verbose": 0}
-    if method == "warm":
+    if init_from is not None:
         values["init_from"] = str(init_from)
     started = time.perf_counter()
     summary = trainer.run_mode(*trainer.resolve("", values))
@@ -187,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(out.read_text())
         if saved.get("epochs") == args.epochs:
             results["runs"] = saved.get("runs", {})
-    init_from = quickdraw_classifier(cache, args.quickdraw_epochs) if "warm" in methods else None
     started = time.perf_counter()
     for split in args.splits.split(",") if args.splits else part["splits"]:
         for look in looks:
@@ -198,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                     if str(seed) in results["runs"].get(key, {}):
                         continue
                     model_dir = cache / "runs" / f"{split}_{look}_{method}_{args.epochs}ep_seed{seed}"
+                    init_from = None
+                    if method.startswith("warm"):
+                        init_from = quickdraw_classifier(cache, args.quickdraw_epochs, unseen_names(split),
+                                                         flips=method == "warm_flip")
                     run = run_one(data, model_dir, method, seed, args.epochs, init_from)
                     results["runs"].setdefault(key, {})[str(seed)] = run
                     results["summary"] = summarise(results["runs"])
