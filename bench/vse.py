@@ -117,6 +117,8 @@ def held_out_classes(model_dir: pathlib.Path, unseen: int, partitions: int = 40,
     held = task.embed_split(run, model, "test")
     rows = space.train_label_map()[held["labels"]]
     vectors = space.train_vectors
+    if len(vectors) <= unseen:
+        return {}  # too few trained classes to hold that many out
     rng = np.random.default_rng(seed)
     accuracies, images = [], []
     for _ in range(partitions):
@@ -127,7 +129,7 @@ def held_out_classes(model_dir: pathlib.Path, unseen: int, partitions: int = 40,
         predicted = pseudo_unseen[np.argmax(mixed @ vectors[pseudo_unseen].T, axis=1)]
         accuracies.append(float(np.mean(predicted == rows[keep])))
         images.append(int(keep.sum()))
-    return {"top1_accuracy": statistics.mean(accuracies), "sd": statistics.stdev(accuracies), "classes": unseen,
+    return {"top1_accuracy": statistics.mean(accuracies), "sd": statistics.stdev(accuracies) if partitions > 1 else 0.0, "classes": unseen,
             "partitions": partitions, "mean_images": statistics.mean(images), "chance": {"top1_accuracy": 1 / unseen}}
 
 
