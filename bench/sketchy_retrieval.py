@@ -43,7 +43,7 @@ tf_startup.quiet()
 
 from bench.machine import describe_machine  # noqa: E402
 from configuration_sketch import QuickDrawBuildConfig, RasterConfig, SketchyBuildConfig  # noqa: E402
-from data_prep import categories, quickdraw_build, sketchy, word_vectors  # noqa: E402
+from data_prep import categories, quickdraw, quickdraw_build, sketchy, word_vectors  # noqa: E402
 from training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def quickdraw_classifier(cache: pathlib.Path, epochs: int, exclude: list[str], f
     categories whose normalised names are in `exclude`; with random flips when `flips`."""
     source = SHARED / "quickdraw" / "simplified"
     dropped = {word_vectors.normalise_name(name) for name in exclude}
-    names = sorted(path.name.removesuffix(".ndjson") for path in source.glob("*.ndjson"))
+    names = sorted(quickdraw.source_files(source, "simplified"))
     kept = [name for name in names if word_vectors.normalise_name(name) not in dropped]
     tag = "all" if len(kept) == len(names) else f"without{len(names) - len(kept)}"
     data = cache / f"quickdraw_{tag}_{SIZE}px"
