@@ -98,11 +98,11 @@ def quickdraw_classifier(cache: pathlib.Path, epochs: int, exclude: list[str], f
     data = cache / f"quickdraw_{tag}_{SIZE}px"
     run = cache / f"quickdraw{'' if tag == 'all' else '_' + tag}_sknet_{SIZE}px_{epochs}ep{'_flip' if flips else ''}"
     if not (data / "dataset_info.json").exists():
-        categories = "all"
+        wanted = "all"
         if tag != "all":
-            categories = f"@{cache / f'quickdraw_{tag}.txt'}"
+            wanted = f"@{cache / f'quickdraw_{tag}.txt'}"
             (cache / f"quickdraw_{tag}.txt").write_text("\n".join(kept) + "\n")
-        quickdraw_build.build(QuickDrawBuildConfig(source=str(source), format="simplified", categories=categories,
+        quickdraw_build.build(QuickDrawBuildConfig(source=str(source), format="simplified", categories=wanted,
                                                    train_per_class=20, test_per_class=5, out=str(data), shards=4,
                                                    workers=2, seed=0),
                               RasterConfig(image_size=SIZE), progress=False)
@@ -217,14 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             data = build(cache, split, look)
             for method in methods:
                 key = f"{split}/{look}/{method}"
-                for seed in seeds:
-                    if str(seed) in results["runs"].get(key, {}):
-                        continue
+                todo = [seed for seed in seeds if str(seed) not in results["runs"].get(key, {})]
+                init_from = None
+                if todo and method.startswith("warm"):
+                    init_from = quickdraw_classifier(cache, args.quickdraw_epochs, unseen_names(split),
+                                                     flips=method == "warm_flip")
+                for seed in todo:
                     model_dir = cache / "runs" / f"{split}_{look}_{method}_{args.epochs}ep_seed{seed}"
-                    init_from = None
-                    if method.startswith("warm"):
-                        init_from = quickdraw_classifier(cache, args.quickdraw_epochs, unseen_names(split),
-                                                         flips=method == "warm_flip")
                     run = run_one(data, model_dir, method, seed, args.epochs, init_from)
                     results["runs"].setdefault(key, {})[str(seed)] = run
                     results["summary"] = summarise(results["runs"])

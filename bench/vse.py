@@ -125,12 +125,14 @@ def held_out_classes(model_dir: pathlib.Path, unseen: int, partitions: int = 40,
         order = rng.permutation(len(vectors))
         pseudo_unseen, pseudo_seen = order[:unseen], order[unseen:]
         keep = np.isin(rows, pseudo_unseen)
-        mixed = keras.ops.convert_to_numpy(ConvexSemantic(vectors[pseudo_seen], top)(held["logits"][keep][:, pseudo_seen]))
+        logits = held["logits"][keep][:, pseudo_seen]
+        mixed = keras.ops.convert_to_numpy(ConvexSemantic(vectors[pseudo_seen], top)(logits))
         predicted = pseudo_unseen[np.argmax(mixed @ vectors[pseudo_unseen].T, axis=1)]
         accuracies.append(float(np.mean(predicted == rows[keep])))
         images.append(int(keep.sum()))
-    return {"top1_accuracy": statistics.mean(accuracies), "sd": statistics.stdev(accuracies) if partitions > 1 else 0.0, "classes": unseen,
-            "partitions": partitions, "mean_images": statistics.mean(images), "chance": {"top1_accuracy": 1 / unseen}}
+    return {"top1_accuracy": statistics.mean(accuracies), "sd": statistics.stdev(accuracies) if partitions > 1 else 0.0,
+            "classes": unseen, "partitions": partitions, "mean_images": statistics.mean(images),
+            "chance": {"top1_accuracy": 1 / unseen}}
 
 
 def table(runs: list[dict]) -> list[str]:
